@@ -1,0 +1,98 @@
+"""fp8 e4m3 numerics: quantize, dequantize, and the checks a scale must pass.
+
+The true weight of an fp8 layer is `codes.float() * scale` (per-row: `scale[:, None]`). Dropping the
+scale gives weights ~770x too large (ltx-core PR #172); folding it in and re-casting to fp8 without a
+scale doubles the error (upstream's later fp8-cast fix). So codes and scale always travel together.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import CheckpointError
+
+FP8 = torch.float8_e4m3fn
+E4M3_MAX = float(torch.finfo(FP8).max)  # 448
+# Smallest scale we hand out: an all-zero weight still gets a valid (positive, finite) scale.
+_MIN_SCALE = 1e-12
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def amax_scale(weight: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """fp32 scale mapping the weight's amax to the e4m3 max: `[]`, or `[out]` per row."""
+    w = weight.float()
+    amax = w.abs().amax(dim=1) if per_row else w.abs().amax()
+    return (amax / E4M3_MAX).clamp_min(_MIN_SCALE).to(torch.float32)
+
+
+def _broadcast(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return scale[:, None] if scale.dim() == 1 else scale
+
+
+def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: bool = False):
+    """Return `(codes, scale)`: fp8 codes of `weight / scale`, clamped to the e4m3 range.
+
+    The clamp matters: values past 448 cast to NaN in e4m3fn, not to the max.
+    """
+    if scale is None:
+        scale = amax_scale(weight, per_row)
+    w = weight.float() / _broadcast(scale, weight)
+    codes = w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
+    return codes, scale
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`codes * scale` in `dtype`. The product is formed in fp32 before the final cast, so a bf16
+    compute dtype rounds once, not twice."""
+    return (codes.float() * _broadcast(scale.float(), codes)).to(dtype)
+
+
+def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, key: str) -> torch.Tensor:
+    """Validate a weight scale and return it as fp32 `[]` or `[rows]`.
+
+    Accepts `[]`, `[1]`, `[rows]` and `[rows, 1]` (per-row converters write either). NaN, inf, zero
+    and negative scales are refused: each would silently zero or poison the layer.
+    """
+    s = scale
+    if s.dim() == 1 and s.numel() == 1 and rows != 1:
+        s = s.reshape(())
+    elif s.dim() == 2 and s.shape[1] == 1:
+        s = s.reshape(-1)
+    if not (s.dim() == 0 or (s.dim() == 1 and s.shape[0] == rows)):
+        raise CheckpointError(
+            f"layer {layer}: weight scale has shape {list(scale.shape)}, expected [] (per-tensor) "
+            f"or [{rows}] / [{rows}, 1] (per-row)", file=file, tensor=key)
+    s = s.to(torch.float32)
+    _check_values(s, layer, file, key, "weight scale")
+    return s
+
+
+def check_input_scale(scale: torch.Tensor, layer: str, file: str | None, key: str) -> torch.Tensor:
+    """Validate a static activation scale: a single positive finite fp32 number."""
+    if scale.numel() != 1:
+        raise CheckpointError(
+            f"layer {layer}: input scale has shape {list(scale.shape)}, expected a single number",
+            file=file, tensor=key)
+    s = scale.reshape(()).to(torch.float32)
+    _check_values(s, layer, file, key, "input scale")
+    return s
+
+
+def _check_values(s: torch.Tensor, layer: str, file: str | None, key: str, what: str) -> None:
+    if not torch.isfinite(s).all():
+        raise CheckpointError(f"layer {layer}: {what} is not finite (NaN or inf)", file=file, tensor=key)
+    if not (s > 0).all():
+        raise CheckpointError(f"layer {layer}: {what} must be > 0, found {s.min().item():g}",
+                              file=file, tensor=key)
+
+
+def check_codes(codes: torch.Tensor, layer: str, file: str | None, key: str) -> None:
+    """fp8 codes that decode to NaN (0x7F/0xFF in e4m3fn) would poison every output of the layer."""
+    if codes.dtype == FP8:
+        bits = codes.view(torch.uint8)
+        nan = (bits & 0x7F) == 0x7F
+        if bool(nan.any()):
+            n = int(nan.sum())
+            raise CheckpointError(f"layer {layer}: {n} fp8 weight codes decode to NaN", file=file, tensor=key)

@@ -1,0 +1,69 @@
+"""The canonical layer every file encoding converts into and every mode works from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .fp8 import dequantize, is_fp8
+
+MODES = ("bf16", "fp8-cast", "scaled-mm")
+
+
+@dataclass
+class QuantLayer:
+    """One linear layer, held as `[out, in]`.
+
+    `weight` is fp8 e4m3 codes when `scale` is set (true weight = codes * scale, per-row scale
+    `[out]` broadcast over rows), else a full-precision weight. `input_scale` is the file's static
+    activation scale (scaled-mm). `mode` is how the layer computes: `bf16` (full precision in the
+    compute dtype), `fp8-cast` (fp8 storage, dequantized at forward) or `scaled-mm` (fp8 GEMM).
+    """
+
+    name: str
+    weight: torch.Tensor
+    scale: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    mode: str = "bf16"
+    source: str = "full-precision"  # the file encoding it came from (report only)
+    transposed: bool = False        # the file stored it [in, out] (report only)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"layer {self.name}: unknown mode {self.mode!r}, expected one of {MODES}")
+        if self.mode != "bf16" and not self.quantized:
+            raise ValueError(f"layer {self.name}: mode {self.mode} needs fp8 codes with a scale")
+        if is_fp8(self.weight.dtype) and self.scale is None:
+            # The seed-001 bug: fp8 codes without their scale are ~770x too large.
+            raise ValueError(f"layer {self.name}: fp8 weight without a scale")
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight this layer computes with, `[out, in]`, in `dtype`."""
+        if self.quantized:
+            return dequantize(self.weight, self.scale, dtype)
+        return self.weight.to(dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes held for the weight and its scales (bias excluded: it is never quantized)."""
+        n = self.weight.numel() * self.weight.element_size()
+        for t in (self.scale, self.input_scale):
+            if t is not None:
+                n += t.numel() * t.element_size()
+        return n
+
+    def with_mode(self, mode: str) -> "QuantLayer":
+        """The same storage computing in another fp8 mode: shares every tensor, allocates nothing."""
+        return replace(self, mode=mode)

@@ -1,0 +1,99 @@
+"""Which mode each layer runs in: a preset plus ordered glob rules (first match wins).
+
+Policy strings are saved in users' workflow files: the preset names, the rule syntax and the mode
+names are public and must keep their meaning.
+
+    auto                                  # the preset alone
+    fp8-cast; transformer_blocks.0.*=bf16; *.ff.*=scaled-mm
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from .layer import MODES
+
+PRESETS = ("auto", "fp8-cast", "scaled-mm", "bf16")
+# A rule may also say `auto`: keep the file's storage, pick the device's best fp8 mode.
+RULE_MODES = MODES + ("auto",)
+
+
+class PolicyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    mode: str
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Policy:
+    preset: str = "auto"
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise PolicyError(f"unknown policy preset {self.preset!r}; expected one of {', '.join(PRESETS)}")
+        for r in self.rules:
+            if r.mode not in RULE_MODES:
+                raise PolicyError(f"rule {r.pattern}={r.mode}: unknown mode {r.mode!r}; "
+                                  f"expected one of {', '.join(RULE_MODES)}")
+
+    # -- text forms ---------------------------------------------------------------------------
+    @classmethod
+    def from_string(cls, text: str) -> "Policy":
+        """`PRESET` or `PRESET; GLOB=MODE; ...` (the form `to_string` writes)."""
+        parts = [p.strip() for p in (text or "").split(";")]
+        preset = parts[0] or "auto"
+        return cls(preset, parse_rules("\n".join(parts[1:])))
+
+    def to_string(self) -> str:
+        return "; ".join([self.preset] + [f"{r.pattern}={r.mode}" for r in self.rules])
+
+    def with_rules(self, text: str) -> "Policy":
+        """This policy with the rules of a multiline text (the node's `rules` input) put first."""
+        return Policy(self.preset, parse_rules(text) + self.rules)
+
+    # -- resolution ---------------------------------------------------------------------------
+    def rule_for(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.matches(name)), None)
+
+    def mode_for(self, name: str, stored_fp8: bool, sensitive: bool, fp8_gemm_fast: bool) -> str:
+        """The mode asked for `name`, before the kernel and device fallbacks of the planner.
+
+        `sensitive` layers (outside the transformer blocks: patchify, proj_out, adaln, connectors)
+        keep the file's storage unless a rule names them: the official files never quantize them.
+        """
+        best_fp8 = "scaled-mm" if fp8_gemm_fast else "fp8-cast"
+        rule = self.rule_for(name)
+        wanted = rule.mode if rule else self.preset
+        if rule is None and sensitive and wanted != "bf16":
+            wanted = "auto"
+        if wanted == "auto":
+            return best_fp8 if stored_fp8 else "bf16"
+        return wanted
+
+
+def parse_rules(text: str) -> tuple[Rule, ...]:
+    """One `GLOB = MODE` per line (or `;`-separated); `#` starts a comment."""
+    rules = []
+    for lineno, raw in enumerate((text or "").replace(";", "\n").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise PolicyError(f"rule line {lineno} {raw.strip()!r}: expected GLOB = MODE, e.g. "
+                              f"'transformer_blocks.0.*=bf16'")
+        pattern, mode = (s.strip() for s in line.rsplit("=", 1))
+        if not pattern:
+            raise PolicyError(f"rule line {lineno} {raw.strip()!r}: empty layer pattern")
+        if mode not in RULE_MODES:
+            raise PolicyError(f"rule line {lineno} {raw.strip()!r}: unknown mode {mode!r}; "
+                              f"expected one of {', '.join(RULE_MODES)}")
+        rules.append(Rule(pattern, mode))
+    return tuple(rules)
