@@ -1,0 +1,94 @@
+"""Apply Quant Policy on any LTX MODEL: swap linears on a clone through object patches.
+
+The input MODEL is untouched for other branches of the graph (ModelPatcher.clone + object
+patches, the host's own mechanism). Switching an fp8 layer between fp8-cast and scaled-mm makes a
+new small module that shares the fp8 codes and scales: no weight memory is allocated. Only layers
+that change storage allocate: fp8 -> bf16 (dequantize) and full precision -> fp8 (quantize).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from ..quant.device import DeviceCaps
+from ..quant.fp8 import dequantize, quantize
+from ..quant.layer import QuantLayer
+from ..quant.linear import kernel_accepts
+from ..quant.ltx2_shapes import is_sensitive
+from ..quant.policy import Policy
+from . import model_view
+from .host_model import make_ops
+
+
+def _host_weight(w: torch.Tensor) -> torch.Tensor:
+    # The host's own mixed-precision loader holds fp8 as comfy-kitchen QuantizedTensor.
+    return w.dequantize() if hasattr(w, "dequantize") and type(w) is not torch.Tensor and not isinstance(w, torch.nn.Parameter) else w
+
+
+def _current(module, weight) -> QuantLayer:
+    """The canonical layer a module holds now (fp8 codes + scale, or full precision)."""
+    bias = None if module.bias is None else module.bias.data
+    scale = getattr(module, "weight_scale", None)
+    mode = getattr(module, "quant_mode", "bf16")
+    if scale is not None:
+        return QuantLayer("", weight.data, scale, getattr(module, "input_scale", None), bias,
+                          mode, getattr(module, "quant_source", "ltx-core"))
+    w = weight.data if type(weight.data) is torch.Tensor else _host_weight(weight.data)
+    return QuantLayer("", w, None, None, bias, "bf16", "full-precision")
+
+
+def target_mode(policy: Policy, name: str, stored_fp8: bool, caps: DeviceCaps, out_in) -> tuple[str, str]:
+    mode = policy.mode_for(name, stored_fp8, is_sensitive(name), caps.fp8_gemm_fast)
+    if mode == "scaled-mm" and not kernel_accepts(*out_in):
+        return "fp8-cast", "dims not multiple of 16"
+    if mode == "scaled-mm" and not caps.fp8_gemm:
+        return "fp8-cast", f"no fp8 GEMM on {caps.name}"
+    return mode, ""
+
+
+def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static", backend="torch",
+                 per_row_quant=False):
+    """Returns `(clone, summary)`; `summary` counts layers per mode and the bytes newly allocated."""
+    clone = patcher.clone()
+    model = patcher.model
+    ops = make_ops(getattr(model, "manual_cast_dtype", None) is not None)
+    full_dtype = model.get_dtype() if not str(model.get_dtype()).startswith("torch.float8") else torch.bfloat16
+    counts, changed, allocated, notes = Counter(), Counter(), 0, []
+    for name, module in model_view.linears(patcher).items():
+        layer = _current(module, model_view.original_weight(patcher, name, module))
+        mode, note = target_mode(policy, name, layer.quantized, caps, (layer.out_features, layer.in_features))
+        counts[mode] += 1
+        if note:
+            notes.append(f"{name}: {note}")
+        if mode == layer.mode and (layer.quantized or mode == "bf16") and getattr(module, "activation", activation) == activation:
+            continue
+        if mode == "bf16" and layer.quantized:
+            new = QuantLayer(name, dequantize(layer.weight, layer.scale, full_dtype), None, None, layer.bias, "bf16", layer.source)
+            allocated += new.weight_bytes()
+        elif mode == "bf16":
+            new = QuantLayer(name, layer.weight, None, None, layer.bias, "bf16", layer.source)
+        elif layer.quantized:
+            new = QuantLayer(name, layer.weight, layer.scale, layer.input_scale, layer.bias, mode, layer.source)
+        else:
+            codes, scale = quantize(layer.weight, per_row=per_row_quant)
+            new = QuantLayer(name, codes, scale, None, layer.bias, mode, layer.source)
+            allocated += new.weight_bytes()
+        replacement = ops.Linear.from_layer(new, activation, backend)
+        setattr(replacement, model_view.PATCH_FLAG, True)
+        clone.add_object_patch(model_view.DM + name, replacement)
+        changed[f"{layer.mode}->{mode}"] += 1
+    clone.size = 0  # the host recomputes model_size() lazily; our swaps changed it
+    clone.size = _size_with_patches(clone)
+    return clone, {"layers_by_mode": dict(counts), "changed": dict(changed),
+                   "allocated_bytes": allocated, "notes": notes, "policy": policy.to_string()}
+
+
+def _size_with_patches(patcher) -> int:
+    import comfy.model_management
+    total = comfy.model_management.module_size(patcher.model)
+    for name, module in model_view.linears(patcher).items():
+        orig = model_view.original_linears(patcher)[name]
+        if module is not orig:
+            total += comfy.model_management.module_size(module) - comfy.model_management.module_size(orig)
+    return total

@@ -1,0 +1,135 @@
+"""Build the host's own LTXAV model (ModelPatcher) from a `LoadPlan`, streaming the file.
+
+The host's `load_diffusion_model_state_dict` needs the whole state dict in memory and drops the
+scales of ltx-core files (shared/reference/ltx2-checkpoints.md). We reuse its pieces instead: its
+detection (`model_config_from_unet`) on a meta-tensor state dict, its dtype choice, its LTXAV model
+class with our Linear as `custom_operations`, and its ModelPatcher. The weights then arrive one
+tensor at a time from `quant.loader.iter_load`.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+
+import torch
+
+import comfy.model_detection
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.utils
+
+from ..quant.errors import CheckpointError
+from ..quant.layer import QuantLayer
+from ..quant.loader import LoadPlan, iter_load
+from .host_linear import QuantHostLinear
+
+log = logging.getLogger("ltx_fp8")
+
+
+@functools.lru_cache(maxsize=None)
+def make_ops(manual_cast: bool):
+    """The host's ops with our Linear. manual_cast mirrors `comfy.ops.pick_operations`: it is what
+    the host itself picks when weights are stored in a dtype the device does not compute in."""
+    base = comfy.ops.manual_cast if manual_cast else comfy.ops.disable_weight_init
+
+    class Linear(QuantHostLinear, base.Linear):
+        comfy_cast_weights = base.Linear.comfy_cast_weights
+
+    return type(f"LTXFP8Ops_{base.__name__}", (base,), {"Linear": Linear})
+
+
+def meta_state_dict(plan: LoadPlan) -> dict[str, torch.Tensor]:
+    """Canonical keys -> meta tensors with the shapes the model will hold ([out, in] linears)."""
+    from ..quant.safetensors_header import DTYPES
+    sd = {}
+    for name, info in plan.contents.tensors.items():
+        sd[name] = torch.empty(info.shape, dtype=DTYPES[info.dtype][0], device="meta")
+    for lp in plan.layers:
+        sd[lp.name + ".weight"] = torch.empty(lp.out_in, dtype=lp.src.weight.torch_dtype, device="meta")
+        if lp.src.bias is not None:
+            sd[lp.name + ".bias"] = torch.empty(lp.src.bias.shape, dtype=torch.bfloat16, device="meta")
+    return sd
+
+
+def detect(plan: LoadPlan, load_device):
+    """The host's model config for this file, and its weight / compute dtypes on `load_device`."""
+    sd = meta_state_dict(plan)
+    model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=plan.index.metadata)
+    if model_config is None or model_config.unet_config.get("image_model") != "ltxav":
+        found = None if model_config is None else model_config.unet_config.get("image_model")
+        raise CheckpointError(f"not an LTX-2 audio-video (LTXAV) transformer (host detected: {found}); "
+                              f"expected keys such as adaln_single.emb.timestep_embedder.linear_1.bias "
+                              f"and audio_adaln_single.linear.weight", file=plan.path)
+    params = sum(t.numel() for t in sd.values())
+    supported = list(model_config.supported_inference_dtypes)
+    # Our full-precision layers are bf16 in the official files; ask for the host's usual choice.
+    weight_dtype = comfy.model_management.unet_dtype(model_params=params, supported_dtypes=supported,
+                                                     weight_dtype=torch.bfloat16)
+    manual = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
+    model_config.set_inference_dtype(weight_dtype, manual, device=load_device)
+    return model_config, weight_dtype, manual
+
+
+def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostLinear]:
+    """Every linear of the model has its layer in the file with the right [out, in], and every other
+    parameter has its tensor: nothing loads with a default-initialised weight."""
+    linears = {n: m for n, m in dm.named_modules() if isinstance(m, QuantHostLinear)}
+    planned = {lp.name: lp for lp in plan.layers}
+    for name, m in linears.items():
+        lp = planned.get(name)
+        if lp is None:
+            raise CheckpointError(f"the model needs layer {name} [{m.out_features}, {m.in_features}] "
+                                  f"but the file has no weight for it", file=plan.path,
+                                  tensor=plan.contents.prefix + name + ".weight")
+        if tuple(lp.out_in) != (m.out_features, m.in_features):
+            raise CheckpointError(f"layer {name}: [out, in] = {list(lp.out_in)} but the model built from "
+                                  f"the header config wants {[m.out_features, m.in_features]}",
+                                  file=plan.path, tensor=lp.src.weight.name)
+    extra = [n for n in planned if n not in linears]
+    if extra:
+        raise CheckpointError(f"{len(extra)} linear layer(s) of the file are not in the model, first {extra[0]}",
+                              file=plan.path, tensor=plan.contents.prefix + extra[0] + ".weight")
+    linear_keys = {f"{n}.{p}" for n in linears for p in ("weight", "bias", "weight_scale", "input_scale")}
+    wanted = [k for k in dm.state_dict(keep_vars=True) if k not in linear_keys]
+    missing = [k for k in wanted if k not in plan.contents.tensors]
+    if missing:
+        raise CheckpointError(f"{len(missing)} tensor(s) of the model are missing from the file, first {missing[0]}",
+                              file=plan.path, tensor=plan.contents.prefix + missing[0])
+    unknown = [k for k in plan.contents.tensors if k not in set(wanted)]
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} tensor(s) of the file are not part of the model, first {unknown[0]}",
+                              file=plan.path, tensor=plan.contents.prefix + unknown[0])
+    return linears
+
+
+def build_model_patcher(plan: LoadPlan, load_device=None, offload_device=None):
+    """The host's LTXAV ModelPatcher with every layer as the plan says. All or nothing: on any
+    error the partly built model is dropped before the error propagates (issue 5: no half-loaded
+    model is ever cached)."""
+    load_device = load_device or comfy.model_management.get_torch_device()
+    offload_device = offload_device or comfy.model_management.unet_offload_device()
+    model_config, weight_dtype, manual = detect(plan, load_device)
+    plan.compute_dtype = weight_dtype  # bf16-mode layers are stored in the host's weight dtype
+    model_config.custom_operations = make_ops(manual is not None)
+    model = None
+    try:
+        model = model_config.get_model({}, "")
+        dm = model.diffusion_model
+        linears = _check_skeleton(plan, dm)
+        for name, item in iter_load(plan, "cpu", tensor_dtype=weight_dtype):
+            if isinstance(item, QuantLayer):
+                linears[name].set_layer(item, plan.activation, plan.backend)
+            else:
+                target = comfy.utils.get_attr(dm, name)
+                with torch.no_grad():
+                    target.data = item.to(target.dtype)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        if not comfy.model_management.is_device_cpu(offload_device):
+            model.to(offload_device)
+        return patcher
+    except BaseException:
+        del model
+        gc.collect()
+        raise

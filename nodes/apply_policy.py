@@ -1,0 +1,42 @@
+"""Apply Quant Policy: change how each layer of a MODEL is stored and computed."""
+from __future__ import annotations
+
+import json
+
+import comfy.model_management
+from comfy_api.latest import io
+
+from ..bridge.apply_policy import apply_policy
+from ..bridge.errors import node_error
+from ..quant.backends import resolve_backend
+from ..quant.device import device_caps
+from .inputs import policy_inputs, read_policy
+
+
+class LTXFP8ApplyQuantPolicy(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LTXFP8ApplyQuantPolicy",
+            display_name="Apply Quant Policy",
+            category="advanced/model/ltx fp8",
+            description=("Returns a copy of the MODEL whose linear layers run in the chosen modes; the input "
+                         "MODEL is unchanged for other branches. Switching fp8 layers between fp8-cast and "
+                         "scaled-mm allocates no weight memory; fp8 -> bf16 and bf16 -> fp8 do."),
+            inputs=[io.Model.Input("model", tooltip="An LTX-2 MODEL from this pack's loader or the host's loaders.")]
+                   + policy_inputs(),
+            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+        with node_error("Apply Quant Policy"):
+            pol = read_policy(policy, rules)
+            caps = device_caps(model.load_device)
+            resolved = resolve_backend(backend) if caps.fp8_gemm else "torch"
+            clone, summary = apply_policy(model, pol, caps, activation_scale, resolved)
+            old = model.model_options.get("ltx_fp8", {}).get("label", "model")
+            clone.model_options["ltx_fp8"] = {"label": f"{old} -> [{pol.to_string()}]"}
+        text = (f"policy {summary['policy']}: layers by mode {summary['layers_by_mode']}; changed "
+                f"{summary['changed']}; newly allocated {summary['allocated_bytes'] / 1e6:.2f} MB")
+        return io.NodeOutput(clone, text, ui={"ltx_fp8": [json.dumps(summary)]})

@@ -1,0 +1,69 @@
+"""Load LTX FP8 Checkpoint: any LTX-2 checkpoint encoding, loaded correctly, per a policy."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import comfy.model_management
+import folder_paths
+from comfy_api.latest import io
+
+from ..bridge.host_model import build_model_patcher
+from ..bridge.errors import node_error
+from ..quant.device import device_caps
+from ..quant.loader import plan_checkpoint
+from ..quant.report import build_report, format_text
+from .inputs import policy_inputs, read_policy
+from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
+
+log = logging.getLogger("ltx_fp8")
+
+
+def badge(report: dict) -> dict:
+    """The compact figures the canvas badge shows (web/ltx_fp8.js)."""
+    return {"layers_by_mode": report["layers_by_mode"], "bytes_by_mode": report["bytes_by_mode"],
+            "total_bytes": report["total_bytes"], "policy": report["policy"],
+            "file": os.path.basename(report["file"]), "warnings": len(report["warnings"])}
+
+
+class LTXFP8CheckpointLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LTXFP8CheckpointLoader",
+            display_name="Load LTX FP8 Checkpoint",
+            category="loaders/ltx fp8",
+            description=("Loads an LTX-2 / LTX-2.3 transformer from any checkpoint encoding (ltx-core fp8, "
+                         "ComfyUI native or legacy scaled fp8, per-row scales, [in, out] fp8, bf16) keeping "
+                         "every weight scale, streaming one tensor at a time. Bundle passengers (VAE, audio "
+                         "VAE, vocoder, text projection) are reported, not loaded."),
+            inputs=[io.Combo.Input("ckpt_name", options=checkpoint_names(),
+                                   tooltip=f"A .safetensors file from the {' or '.join(MODEL_FOLDERS)} folders.")]
+                   + policy_inputs(),
+            outputs=[io.Model.Output(display_name="MODEL"),
+                     io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name, **kwargs):
+        # A file replaced on disk must not be served from the cache (issue 5).
+        try:
+            st = os.stat(resolve_checkpoint(ckpt_name))
+            return (ckpt_name, st.st_size, st.st_mtime_ns, tuple(sorted(kwargs.items())))
+        except Exception as e:  # resolution errors surface in execute, with the file named
+            return (ckpt_name, repr(e))
+
+    @classmethod
+    def execute(cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+        with node_error(ckpt_name):
+            path = resolve_checkpoint(ckpt_name)
+            pol = read_policy(policy, rules)
+            device = comfy.model_management.get_torch_device()
+            plan = plan_checkpoint(path, pol, device=device_caps(device), activation=activation_scale,
+                                   backend=backend)
+            patcher = build_model_patcher(plan, load_device=device)
+            report = build_report(plan)
+            patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
+        log.info(report["summary"])
+        return io.NodeOutput(patcher, format_text(report), ui={"ltx_fp8": [json.dumps(badge(report))]})
