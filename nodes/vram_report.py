@@ -18,7 +18,8 @@ def _gb(n) -> str:
 def format_table(report: dict) -> str:
     lines = []
     for m in report["models"]:
-        modes = ", ".join(f"{k} {_gb(v)}" + (f" ({m['layers_by_mode'][k]} layers)" if k in m["layers_by_mode"] else "") + f""
+        counts = m["layers_by_mode"]
+        modes = ", ".join(f"{k} {_gb(v)}" + (f" ({counts[k]} layers)" if k in counts else "")
                           for k, v in sorted(m["weight_bytes_by_mode"].items()))
         lines.append(f"{m['input']}: {m['label']}\n  total {_gb(m['total_bytes'])}: {modes}\n"
                      f"  resident {_gb(m['resident_bytes'])}, offloaded {_gb(m['offloaded_bytes'])} "
