@@ -18,24 +18,24 @@ from ..quant.linear import kernel_accepts
 from ..quant.ltx2_shapes import is_sensitive
 from ..quant.policy import Policy
 from . import model_view
+from .host_linear import QuantHostLinear
 from .host_model import make_ops
 
 
-def _host_weight(w: torch.Tensor) -> torch.Tensor:
-    # The host's own mixed-precision loader holds fp8 as comfy-kitchen QuantizedTensor.
-    return w.dequantize() if hasattr(w, "dequantize") and type(w) is not torch.Tensor and not isinstance(w, torch.nn.Parameter) else w
+def _plain(w: torch.Tensor) -> torch.Tensor:
+    """The host's own mixed-precision loader holds fp8 as a comfy-kitchen QuantizedTensor (a tensor
+    subclass carrying its scale): dequantize it. Plain tensors pass through."""
+    return w.dequantize() if type(w) not in (torch.Tensor, torch.nn.Parameter) and hasattr(w, "dequantize") else w
 
 
 def _current(module, weight) -> QuantLayer:
-    """The canonical layer a module holds now (fp8 codes + scale, or full precision)."""
-    bias = None if module.bias is None else module.bias.data
-    scale = getattr(module, "weight_scale", None)
-    mode = getattr(module, "quant_mode", "bf16")
-    if scale is not None:
-        return QuantLayer("", weight.data, scale, getattr(module, "input_scale", None), bias,
-                          mode, getattr(module, "quant_source", "ltx-core"))
-    w = weight.data if type(weight.data) is torch.Tensor else _host_weight(weight.data)
-    return QuantLayer("", w, None, None, bias, "bf16", "full-precision")
+    """The canonical layer a module holds now: ours (fp8 codes + scale, or full precision), or a
+    host Linear's weight as full precision."""
+    bias = None if module.bias is None else _plain(module.bias.data)
+    if isinstance(module, QuantHostLinear) and module.weight_scale is not None:
+        return QuantLayer("", weight.data, module.weight_scale, module.input_scale, bias,
+                          module.quant_mode, module.quant_source)
+    return QuantLayer("", _plain(weight.data), None, None, bias, "bf16", "full-precision")
 
 
 def target_mode(policy: Policy, name: str, stored_fp8: bool, caps: DeviceCaps, out_in) -> tuple[str, str]:
@@ -61,13 +61,11 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
         counts[mode] += 1
         if note:
             notes.append(f"{name}: {note}")
-        if mode == layer.mode and (layer.quantized or mode == "bf16") and getattr(module, "activation", activation) == activation:
-            continue
+        if mode == layer.mode and (mode == "bf16" or (module.activation, module.backend) == (activation, backend)):
+            continue  # already runs as asked: keep the module (and any LoRA state) as it is
         if mode == "bf16" and layer.quantized:
             new = QuantLayer(name, dequantize(layer.weight, layer.scale, full_dtype), None, None, layer.bias, "bf16", layer.source)
             allocated += new.weight_bytes()
-        elif mode == "bf16":
-            new = QuantLayer(name, layer.weight, None, None, layer.bias, "bf16", layer.source)
         elif layer.quantized:
             new = QuantLayer(name, layer.weight, layer.scale, layer.input_scale, layer.bias, mode, layer.source)
         else:
@@ -78,7 +76,7 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
         setattr(replacement, model_view.PATCH_FLAG, True)
         clone.add_object_patch(model_view.DM + name, replacement)
         changed[f"{layer.mode}->{mode}"] += 1
-    clone.size = 0  # the host recomputes model_size() lazily; our swaps changed it
+    # The host's memory planning reads model_size(); our swaps changed it.
     clone.size = _size_with_patches(clone)
     return clone, {"layers_by_mode": dict(counts), "changed": dict(changed),
                    "allocated_bytes": allocated, "notes": notes, "policy": policy.to_string()}

@@ -119,6 +119,8 @@ def build_model_patcher(plan: LoadPlan, load_device=None, offload_device=None):
         dm = model.diffusion_model
         linears = _check_skeleton(plan, dm)
         for name, item in iter_load(plan, "cpu", tensor_dtype=weight_dtype):
+            # A user's Cancel during a multi-GB load stops it here, between tensors.
+            comfy.model_management.throw_exception_if_processing_interrupted()
             if isinstance(item, QuantLayer):
                 linears[name].set_layer(item, plan.activation, plan.backend)
             else:
