@@ -1,0 +1,49 @@
+# comfyui-ltx-fp8: one-command host, tests and demo. Everything runs from the repo-root .venv/
+# (torch 2.13.0 CPU + the host's requirements) against the pinned ComfyUI in .host/ComfyUI/,
+# both made by tools/bootstrap.sh (idempotent; a no-op once done).
+#   make run                     set up, demo bundle + example workflows, keep serving on :$(PORT)
+#   make test                    set up, then all tests (PYTEST_ARGS="-k smoke" to narrow)
+#   make serve PORT=8188 ARGS="--verbose DEBUG"   the host with the pack, in the foreground
+#   make bench [QUICK=1]         benchmarks (bench/)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PORT ?= 8188
+ARGS ?=
+PYTEST_ARGS ?=
+PYTEST_TIMEOUT ?= 1800
+PY := .venv/bin/python
+
+.PHONY: help setup test serve run bench clean-work
+
+help:
+	@echo "make run | test | serve [PORT=8188 ARGS=...] | bench [QUICK=1] | setup"
+
+setup:
+	@bash tools/bootstrap.sh
+
+# pytest exit codes all fail the target, 5 (no tests collected) included.
+test: setup
+	$(PY) -m pytest tests -q --durations=15 --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+
+serve: setup
+	PORT=$(PORT) bash tools/run_host.sh $(ARGS)
+
+run: setup
+	@if [ -f tools/demo.py ]; then \
+	  PORT=$(PORT) HOST_ARGS='$(ARGS)' $(PY) tools/demo.py; \
+	else \
+	  echo "[run] tools/demo.py not there yet: serving the host with the pack"; \
+	  PORT=$(PORT) bash tools/run_host.sh $(ARGS); \
+	fi
+
+bench: setup
+	@if [ -d bench ]; then \
+	  QUICK=$(or $(QUICK),0) $(PY) -m bench; \
+	else \
+	  echo "[bench] no bench/ yet" >&2; exit 1; \
+	fi
+
+clean-work:
+	rm -rf .work test-artifacts
