@@ -2,6 +2,8 @@
 # (torch 2.13.0 CPU + the host's requirements) against the pinned ComfyUI in .host/ComfyUI/,
 # both made by tools/bootstrap.sh (idempotent; a no-op once done).
 #   make run                     set up, demo bundle + example workflows, keep serving on :$(PORT)
+#   make demo-check              the same demo, exiting after the printed reports and table
+#   make workflows               regenerate example_workflows/*.json from example_workflows/api/
 #   make test                    set up, then all tests (PYTEST_ARGS="-k smoke" to narrow)
 #   make serve PORT=8188 ARGS="--verbose DEBUG"   the host with the pack, in the foreground
 #   make bench [QUICK=1]         benchmarks (bench/)
@@ -15,10 +17,10 @@ PYTEST_ARGS ?=
 PYTEST_TIMEOUT ?= 1800
 PY := .venv/bin/python
 
-.PHONY: help setup test serve run bench clean-work
+.PHONY: help setup test serve run demo-check workflows bench clean-work
 
 help:
-	@echo "make run | test | serve [PORT=8188 ARGS=...] | bench [QUICK=1] | setup"
+	@echo "make run | test | serve [PORT=8188 ARGS=...] | demo-check | workflows | bench [QUICK=1] | setup"
 
 setup:
 	@bash tools/bootstrap.sh
@@ -30,13 +32,16 @@ test: setup
 serve: setup
 	PORT=$(PORT) bash tools/run_host.sh $(ARGS)
 
+# tools/demo.py: demo files into .work/host/models (idempotent), the host with the pack and
+# tests/nodepack on 127.0.0.1:$(PORT), the example workflows queued, reports + agreement printed.
 run: setup
-	@if [ -f tools/demo.py ]; then \
-	  PORT=$(PORT) HOST_ARGS='$(ARGS)' $(PY) tools/demo.py; \
-	else \
-	  echo "[run] tools/demo.py not there yet: serving the host with the pack"; \
-	  PORT=$(PORT) bash tools/run_host.sh $(ARGS); \
-	fi
+	PORT=$(PORT) HOST_ARGS='$(ARGS)' $(PY) tools/demo.py
+
+demo-check: setup
+	DEMO_EXIT=1 PORT=$(PORT) HOST_ARGS='$(ARGS)' $(PY) tools/demo.py
+
+workflows: setup
+	$(PY) tools/workflow_ui.py
 
 bench: setup
 	@if [ -d bench ]; then \

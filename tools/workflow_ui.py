@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Make the UI-format example workflows (`example_workflows/NAME.json`, what the graph editor opens
+and the host's template browser lists) from their API-format sources
+(`example_workflows/api/NAME.json`, what the tests and the demo queue), so the two never drift.
+
+    .venv/bin/python tools/workflow_ui.py                  # all of example_workflows/api/*.json
+    .venv/bin/python tools/workflow_ui.py --url http://127.0.0.1:8188 ltx_fp8_mix
+    .venv/bin/python tools/workflow_ui.py --check          # exit 1 if a UI file is out of date
+
+The node definitions (which inputs are widgets, their order, control_after_generate, output names)
+come from `/object_info` of a running host (`--url`); without one, a headless host with this pack
+and the test node pack is started for the duration (tests/hostlib.py). Nodes are laid out left to
+right in columns by their depth in the graph (longest path from a source), each column stacked in
+the order of its inputs' rows. Edit the API file, then re-run this; both are committed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for p in (REPO, REPO / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+WORKFLOWS = REPO / "example_workflows"
+API_DIR = WORKFLOWS / "api"
+PACK_NODES = {"LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# Notes shown in the graph (UI only: an API prompt has no place for them).
+NOTES = {
+    "ltx_fp8_single": (
+        "LTX FP8: one model\n\n"
+        "Load LTX FP8 Checkpoint keeps every weight scale of the file; policy 'auto' runs its fp8 "
+        "layers as scaled-mm on GPUs with fp8 tensor cores (Ada, Hopper, Blackwell) and as fp8-cast "
+        "elsewhere. VRAM Report sits after the sampler (through 'passthrough') so it sees the run.\n\n"
+        "The demo files (ltx23_demo_*.safetensors) are made by `make run`. With a real LTX-2.3 "
+        "checkpoint, replace 'Synthetic LTX Conditioning' by the LTXAV text encoder + CLIPTextEncode, "
+        "the audio latent by LTXVEmptyLatentAudio, and decode with the video / audio VAEs."),
+    "ltx_fp8_mix": (
+        "LTX FP8: three modes side by side\n\n"
+        "The same fp8 bundle as scaled-mm and as fp8-cast with a LoRA (merged at full precision and "
+        "re-quantized with a fresh scale), and the bf16 original, sampled with the same seed. Each "
+        "ModelSamplingLTXV takes the previous sampler's latent: it reads only its size (the shift), "
+        "so the three samplers run in turn and the one VRAM Report after the last sees all three.\n\n"
+        "`make run` prints each mode's agreement with the bf16 run."),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Node definitions
+
+def _inputs(defn: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) in the definition's order (required, then optional; no hidden)."""
+    order = defn.get("input_order") or {k: list(v) for k, v in defn["input"].items()}
+    out = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = defn["input"].get(section, {}).get(name)
+            if spec is not None:
+                out.append((name, spec, section == "optional"))
+    return out
+
+
+def _is_widget(spec: list) -> bool:
+    typ, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, list) or typ in WIDGET_TYPES
+
+
+def _type_name(spec: list) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def _cnr_id(defn: dict, class_type: str) -> str | None:
+    if class_type in PACK_NODES:
+        return "comfyui-ltx-fp8"
+    mod = defn.get("python_module", "")
+    if mod == "nodes" or mod.startswith("comfy_extras") or mod.startswith("comfy_api_nodes"):
+        return "comfy-core"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout
+
+# Links that only order execution (ModelSamplingLTXV reads just the size of its latent; the mix
+# chains its samplers through it): ignored by the layout, so parallel branches share columns.
+ORDERING_INPUTS = {("ModelSamplingLTXV", "latent")}
+
+
+def _layout_ups(api: dict, nid: str) -> list[str]:
+    ct = api[nid]["class_type"]
+    return [v[0] for k, v in api[nid]["inputs"].items() if _is_link(v) and (ct, k) not in ORDERING_INPUTS]
+
+
+def _depths(api: dict) -> dict[str, int]:
+    memo: dict[str, int] = {}
+
+    def depth(nid: str) -> int:
+        if nid not in memo:
+            ups = _layout_ups(api, nid)
+            memo[nid] = 1 + max((depth(u) for u in ups), default=-1)
+        return memo[nid]
+
+    for nid in api:
+        depth(nid)
+    return memo
+
+
+def _is_link(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def _size(defn: dict, api_node: dict) -> list[int]:
+    ins = _inputs(defn)
+    sockets = sum(1 for _, s, _ in ins if not _is_widget(s))
+    widgets = [(n, s) for n, s, _ in ins if _is_widget(s)]
+    h = 30 + 22 * max(sockets, len(defn.get("output", []))) + 8
+    for _, s in widgets:
+        opts = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+        h += 84 if opts.get("multiline") else 26
+        if opts.get("control_after_generate"):
+            h += 26
+    longest = max([len(str(v)) for v in api_node["inputs"].values() if not _is_link(v)] + [0])
+    title = (api_node.get("_meta") or {}).get("title") or defn.get("display_name", "")
+    w = max(300 if longest < 24 else 360, int(7.5 * len(title)) + 60)
+    return [w, max(h, 60)]
+
+
+# ----------------------------------------------------------------------------------------------
+# API -> UI
+
+def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
+    ids = sorted(api, key=int)
+    depth = _depths(api)
+    # Execution order for "order": by depth, then id (a topological order).
+    topo = sorted(ids, key=lambda n: (depth[n], int(n)))
+
+    links, link_id = [], 0
+    out_links: dict[tuple[str, int], list[int]] = {}
+    in_link: dict[tuple[str, str], int] = {}
+    for nid in ids:
+        defn = object_info[api[nid]["class_type"]]
+        socket_names = [n for n, s, _ in _inputs(defn) if not _is_widget(s)]
+        for inp in socket_names:
+            v = api[nid]["inputs"].get(inp)
+            if v is None:
+                continue
+            if not _is_link(v):
+                raise ValueError(f"{name}: node {nid} input {inp} must be a link")
+            src, slot = v
+            link_id += 1
+            src_type = object_info[api[src]["class_type"]]["output"][slot]
+            links.append([link_id, int(src), slot, int(nid), socket_names.index(inp), src_type])
+            out_links.setdefault((src, slot), []).append(link_id)
+            in_link[(nid, inp)] = link_id
+
+    sizes = {nid: _size(object_info[api[nid]["class_type"]], api[nid]) for nid in ids}
+    columns: dict[int, list[str]] = {}
+    for nid in ids:
+        columns.setdefault(depth[nid], []).append(nid)
+    pos: dict[str, list[int]] = {}
+    x = 40
+    for col in sorted(columns):
+        members = columns[col]
+
+        def rank(nid):
+            ups = [pos[u][1] for u in _layout_ups(api, nid) if u in pos]
+            return (sum(ups) / len(ups) if ups else -1, int(nid))
+
+        members.sort(key=rank)
+        y = 60
+        for nid in members:
+            pos[nid] = [x, y]
+            y += sizes[nid][1] + 50
+        x += max(sizes[n][0] for n in members) + 60
+
+    nodes = []
+    for nid in ids:
+        node = api[nid]
+        ct = node["class_type"]
+        defn = object_info[ct]
+        ins = _inputs(defn)
+        inputs, widgets_values = [], []
+        for inp, spec, optional in ins:
+            if not _is_widget(spec):
+                inputs.append({"localized_name": inp, "name": inp, "type": _type_name(spec),
+                               "link": in_link.get((nid, inp))} | ({"shape": 7} if optional else {}))
+        for inp, spec, optional in ins:
+            if _is_widget(spec):
+                inputs.append({"localized_name": inp, "name": inp, "type": _type_name(spec),
+                               "widget": {"name": inp}, "link": None})
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if inp in node["inputs"]:
+                    value = node["inputs"][inp]
+                else:
+                    value = opts.get("default", spec[0][0] if isinstance(spec[0], list) and spec[0] else "")
+                widgets_values.append(value)
+                if opts.get("control_after_generate"):
+                    widgets_values.append("fixed")
+        unknown = set(node["inputs"]) - {n for n, _, _ in ins}
+        if unknown:
+            raise ValueError(f"{name}: node {nid} ({ct}) has inputs its definition lacks: {sorted(unknown)}")
+        outputs = []
+        for slot, (otype, oname) in enumerate(zip(defn["output"], defn["output_name"])):
+            outputs.append({"localized_name": oname, "name": oname, "type": otype,
+                            "slot_index": slot, "links": out_links.get((nid, slot), [])})
+        props = {"Node name for S&R": ct}
+        cnr = _cnr_id(defn, ct)
+        if cnr:
+            props["cnr_id"] = cnr
+        entry = {"id": int(nid), "type": ct, "pos": pos[nid], "size": sizes[nid], "flags": {},
+                 "order": topo.index(nid), "mode": 0, "inputs": inputs, "outputs": outputs,
+                 "properties": props, "widgets_values": widgets_values}
+        title = (node.get("_meta") or {}).get("title")
+        if title:
+            entry["title"] = title
+        if ct in PACK_NODES:
+            entry["color"], entry["bgcolor"] = "#2a363b", "#3f5159"
+        nodes.append(entry)
+
+    last = max(int(n) for n in ids)
+    if name in NOTES:
+        last += 1
+        nodes.append({"id": last, "type": "Note", "pos": [40, -260], "size": [640, 220], "flags": {},
+                      "order": len(ids), "mode": 0, "inputs": [], "outputs": [],
+                      "properties": {"text": ""}, "widgets_values": [NOTES[name]],
+                      "color": "#432", "bgcolor": "#653"})
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-ltx-fp8/example_workflows/{name}")),
+        "revision": 0,
+        "last_node_id": last,
+        "last_link_id": link_id,
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [0, 300]}},
+        "version": 0.4,
+    }
+
+
+def dumps(ui: dict) -> str:
+    return json.dumps(ui, indent=2, ensure_ascii=False) + "\n"
+
+
+def api_names() -> list[str]:
+    return sorted(p.stem for p in API_DIR.glob("*.json"))
+
+
+def render(names, object_info) -> dict[str, str]:
+    return {n: dumps(api_to_ui(json.loads((API_DIR / f"{n}.json").read_text()), object_info, n))
+            for n in names}
+
+
+def fetch_object_info(url: str | None) -> dict:
+    import urllib.request
+
+    if url:
+        with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=60) as r:
+            return json.loads(r.read())
+    import hostlib
+    from tools.demo import node_packs
+
+    with hostlib.Host(extra_custom_nodes=node_packs()) as host:
+        return host.object_info()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="workflow names (default: every example_workflows/api/*.json)")
+    ap.add_argument("--url", help="a running host with this pack and tests/nodepack (default: start one)")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 if a UI file differs")
+    a = ap.parse_args(argv)
+    names = a.names or api_names()
+    texts = render(names, fetch_object_info(a.url))
+    stale = []
+    for n, text in texts.items():
+        path = WORKFLOWS / f"{n}.json"
+        current = path.read_text() if path.is_file() else None
+        if current == text:
+            print(f"{path.relative_to(REPO)}: up to date")
+        elif a.check:
+            stale.append(n)
+            print(f"{path.relative_to(REPO)}: out of date")
+        else:
+            path.write_text(text)
+            print(f"{path.relative_to(REPO)}: written")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
