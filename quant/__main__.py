@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from .backends import BackendUnavailable
 from .errors import CheckpointError
 from .loader import plan_checkpoint
 from .policy import PolicyError
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
             result = verify(args.file, args.reference, args.policy, compute_dtype=_DTYPES[args.dtype],
                             activation=args.activation_scale, backend=args.backend, device=args.device)
             print(json.dumps(result, indent=1) if args.json else _verify_text(result))
-    except (CheckpointError, PolicyError, ValueError, OSError) as e:
+    except (CheckpointError, PolicyError, BackendUnavailable, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

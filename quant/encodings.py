@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import CheckpointError
+from .ltx2_shapes import is_model_tensor
 from .safetensors_header import HeaderIndex, TensorInfo
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -118,6 +119,7 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
         else:
             unexpected.append(key)
 
+    model_known = linear_names is not None
     if linear_names is None:
         linear_names = {k[: -len(".weight")] for k, i in inner.items()
                         if k.endswith(".weight") and len(i.shape) == 2}
@@ -147,6 +149,9 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
         if role in SCALE_SUFFIXES or role == "comfy_quant":
             # A scale with no layer beside it: a layer we did not recognise or a mangled name.
             unexpected.append(prefix + name)
+        elif model_known and not is_model_tensor(name, linear_names):
+            # The model is known (config or caller): a key it does not have, e.g. an extra linear.
+            unexpected.append(prefix + name)
         else:
             tensors[name] = info
     return FileContents(path, prefix, layers, tensors, passengers, markers, unexpected, warnings,
@@ -156,6 +161,9 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
 def _layer_source(path, prefix, name, parts, qmeta, index, f, consumed) -> LayerSource:
     w = parts["weight"]
     full = prefix + name
+    if len(w.shape) != 2:
+        raise CheckpointError(f"layer {name}: weight has shape {list(w.shape)}; a linear weight is 2-D "
+                              f"([out, in] or [in, out])", file=path, tensor=full + ".weight")
     scale = parts["weight_scale"] or parts["scale_weight"]
     input_scale = parts["input_scale"] or parts["scale_input"]
     comfy_entry = qmeta.get(full) or qmeta.get(name)

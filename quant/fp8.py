@@ -12,6 +12,7 @@ from .errors import CheckpointError
 
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(FP8).max)  # 448
+F32_MAX = float(torch.finfo(torch.float32).max)
 # Smallest scale we hand out: an all-zero weight still gets a valid (positive, finite) scale.
 _MIN_SCALE = 1e-12
 
@@ -22,9 +23,13 @@ def is_fp8(dtype: torch.dtype) -> bool:
 
 def amax_scale(weight: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """fp32 scale mapping the weight's amax to the e4m3 max: `[]`, or `[out]` per row."""
-    w = weight.float()
-    amax = w.abs().amax(dim=1) if per_row else w.abs().amax()
-    return (amax / E4M3_MAX).clamp_min(_MIN_SCALE).to(torch.float32)
+    # max |w| = max(max w, -min w): two reductions in the weight's own dtype (exact: no rounding
+    # in max/min), instead of full-size float32 and abs() copies of a weight that may be GBs.
+    if per_row:
+        amax = torch.maximum(weight.amax(dim=1), weight.amin(dim=1).neg())
+    else:
+        amax = torch.maximum(weight.max(), weight.min().neg())
+    return (amax.float() / E4M3_MAX).clamp_min(_MIN_SCALE).to(torch.float32)
 
 
 def _broadcast(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -38,7 +43,7 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: b
     """
     if scale is None:
         scale = amax_scale(weight, per_row)
-    w = weight.float() / _broadcast(scale, weight)
+    w = weight.to(torch.float32, copy=True).div_(_broadcast(scale, weight))  # one fp32 copy, not two
     codes = w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
     return codes, scale
 
@@ -46,7 +51,7 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: b
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`codes * scale` in `dtype`. The product is formed in fp32 before the final cast, so a bf16
     compute dtype rounds once, not twice."""
-    return (codes.float() * _broadcast(scale.float(), codes)).to(dtype)
+    return codes.to(torch.float32, copy=True).mul_(_broadcast(scale.float(), codes)).to(dtype)
 
 
 def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, key: str) -> torch.Tensor:
@@ -55,6 +60,7 @@ def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, ke
     Accepts `[]`, `[1]`, `[rows]` and `[rows, 1]` (per-row converters write either). NaN, inf, zero
     and negative scales are refused: each would silently zero or poison the layer.
     """
+    _check_float(scale, layer, file, key, "weight scale")
     s = scale
     if s.dim() == 1 and s.numel() == 1 and rows != 1:
         s = s.reshape(())
@@ -66,11 +72,16 @@ def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, ke
             f"or [{rows}] / [{rows}, 1] (per-row)", file=file, tensor=key)
     s = s.to(torch.float32)
     _check_values(s, layer, file, key, "weight scale")
+    if float(s.max()) * E4M3_MAX > F32_MAX:
+        # codes * scale would overflow to inf: the layer's weights cannot be represented.
+        raise CheckpointError(f"layer {layer}: weight scale {float(s.max()):g} makes weights up to "
+                              f"{float(s.max()) * E4M3_MAX:g}, beyond the float32 range", file=file, tensor=key)
     return s
 
 
 def check_input_scale(scale: torch.Tensor, layer: str, file: str | None, key: str) -> torch.Tensor:
     """Validate a static activation scale: a single positive finite fp32 number."""
+    _check_float(scale, layer, file, key, "input scale")
     if scale.numel() != 1:
         raise CheckpointError(
             f"layer {layer}: input scale has shape {list(scale.shape)}, expected a single number",
@@ -78,6 +89,23 @@ def check_input_scale(scale: torch.Tensor, layer: str, file: str | None, key: st
     s = scale.reshape(()).to(torch.float32)
     _check_values(s, layer, file, key, "input scale")
     return s
+
+
+def _check_float(s: torch.Tensor, layer: str, file: str | None, key: str, what: str) -> None:
+    # An integer or bool tensor converted to fp32 would pass every value check with a made-up scale.
+    if not s.is_floating_point():
+        raise CheckpointError(f"layer {layer}: {what} is stored as {str(s.dtype).replace('torch.', '')}; "
+                              f"expected a float tensor", file=file, tensor=key)
+
+
+def check_finite(t: torch.Tensor, file: str | None, key: str, what: str = "tensor") -> None:
+    """A full-precision tensor holding NaN or inf would poison every output that uses it."""
+    if t.numel() == 0 or not t.is_floating_point() or is_fp8(t.dtype):
+        return
+    lo, hi = torch.aminmax(t)  # NaN propagates to both; an inf shows in one (no full-size temporaries)
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        n = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{what} holds {n} NaN or inf value(s)", file=file, tensor=key)
 
 
 def _check_values(s: torch.Tensor, layer: str, file: str | None, key: str, what: str) -> None:
@@ -91,6 +119,11 @@ def _check_values(s: torch.Tensor, layer: str, file: str | None, key: str, what:
 def check_codes(codes: torch.Tensor, layer: str, file: str | None, key: str) -> None:
     """fp8 codes that decode to NaN (0x7F/0xFF in e4m3fn) would poison every output of the layer."""
     if codes.dtype == FP8:
+        # The NaN codes are 0xFF (the uint8 maximum) and 0x7F (the int8 maximum): two reductions
+        # decide, without full-size temporaries (this check ran ~4x longer than reading the codes).
+        if codes.numel() == 0 or (int(codes.view(torch.uint8).max()) < 0xFF
+                                  and int(codes.view(torch.int8).max()) < 0x7F):
+            return
         bits = codes.view(torch.uint8)
         nan = (bits & 0x7F) == 0x7F
         if bool(nan.any()):

@@ -23,7 +23,8 @@ def fp8_cast_forward(x, codes, scale, bias):
     Codes are exact in bf16/fp16/fp32; the product rounds once into x's dtype.
     """
     s = scale.to(x.dtype)
-    w = codes.to(x.dtype) * (s[:, None] if s.dim() == 1 else s)
+    # In place on the fresh copy: one weight-sized temporary per call, not two.
+    w = codes.to(x.dtype, copy=True).mul_(s[:, None] if s.dim() == 1 else s)
     return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
 
 
@@ -45,6 +46,10 @@ def scaled_mm_forward(x, codes, scale, input_scale, bias, activation="static", b
     shape = x.shape
     x2d = x.reshape(-1, shape[-1])
     a_scale = activation_scale(x2d, input_scale, activation)
+    # The activation is divided by the scale in x's dtype: hand the GEMM exactly that value (an
+    # fp32 scale there would bias every output by the scale's rounding, up to 2^-9 in bf16), and
+    # never one that rounds to 0 there (fp16: 0 / 0 gives NaN on an all-zero input).
+    a_scale = a_scale.to(x2d.dtype).clamp_min(torch.finfo(x2d.dtype).tiny).float()
     xq = quantize_activation(x2d, a_scale)
     b_scale = scale.to(device=x.device, dtype=torch.float32)
     out = gemm_fp8(xq, codes, a_scale, b_scale, bias, x.dtype, backend)

@@ -15,13 +15,13 @@ from typing import Iterator
 import torch
 
 from .device import DeviceCaps, device_caps
-from .encodings import FileContents, LayerSource, classify
+from .encodings import FULL_DTYPES, FileContents, LayerSource, classify, detect_prefix
 from .errors import CheckpointError
-from .fp8 import check_codes, check_input_scale, check_scale, dequantize, quantize
+from .fp8 import check_codes, check_finite, check_input_scale, check_scale, dequantize, quantize
 from .layer import QuantLayer
 from .layout import IN_OUT, LayoutDecision, decide_layout
 from .linear import ACTIVATION_SCALES, kernel_accepts
-from .ltx2_shapes import expected_linear_shapes, is_sensitive
+from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, is_sensitive, resolved_config
 from .backends import resolve_backend
 from .policy import Policy
 from .safetensors_header import HeaderIndex, read_header, read_tensor
@@ -83,11 +83,17 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
         raise ValueError(f"activation_scale must be one of {ACTIVATION_SCALES}, not {activation!r}")
     caps = device if isinstance(device, DeviceCaps) else device_caps(device)
     index = index or read_header(path)
+    _refuse_trailing_bytes(index)
+    config_warnings: list[str] = []
+    if linear_shapes is None:
+        # The header's config names every linear of the model: classify against it, so that a key
+        # the model does not have is reported as unexpected, not mistaken for a layer.
+        linear_shapes = _config_shapes(index, config_warnings)
     with open(path, "rb") as f:
         contents = classify(index, f, set(linear_shapes) if linear_shapes else None)
+        contents.warnings[:0] = config_warnings
         _refuse_unexpected(contents, allow_unexpected)
-        if linear_shapes is None and contents.config and isinstance(contents.config.get("transformer"), dict):
-            linear_shapes = _config_shapes(contents)
+        _refuse_non_float(contents)
         layout, warnings = decide_layout(contents.layers, path, linear_shapes)
         warnings = contents.warnings + warnings
         layers = [_plan_layer(src, f, index, layout, policy, caps) for src in contents.layers.values()]
@@ -99,13 +105,79 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
                     resolved_backend, per_row_quant, warnings)
 
 
-def _config_shapes(contents: FileContents):
-    try:
-        return expected_linear_shapes(contents.config["transformer"])
-    except (KeyError, TypeError, ValueError) as e:
-        contents.warnings.append(f"header config['transformer'] not usable for shapes ({e}); "
-                                 f"layout decided from biases")
+def _config_shapes(index: HeaderIndex, warnings: list[str]):
+    """`[out, in]` of every linear from the header's `config["transformer"]`, with the block count
+    taken from the keys (as the host's detection does); None without a usable config."""
+    cfg = index.json_metadata("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("transformer"), dict):
         return None
+    prefix = detect_prefix(index.tensors)
+    blocks = count_blocks(k[len(prefix):] for k in index.tensors if k.startswith(prefix))
+    problem = config_problem(cfg["transformer"], blocks, len(index.tensors))
+    if problem:
+        if blocks > len(index.tensors):
+            key = next(k for k in index.tensors if k.startswith(prefix)
+                       and count_blocks([k[len(prefix):]]) == blocks)
+            raise CheckpointError(problem, file=index.path, tensor=key)
+        warnings.append(f"header config['transformer'] not usable for shapes ({problem}); "
+                        f"layout decided from biases")
+        return None
+    try:
+        return expected_linear_shapes(cfg["transformer"], num_layers=blocks or None)
+    except (KeyError, TypeError, ValueError) as e:
+        warnings.append(f"header config['transformer'] not usable for shapes ({e}); "
+                        f"layout decided from biases")
+        return None
+
+
+# Largest width or count a config may give (LTX-2.3 22B: widths 4096 / 16384, 48 blocks). Sizes in
+# a header are untrusted: a config of 10**9 layers must not make us (or the host) loop 10**9 times.
+_MAX_CONFIG_SIZE = 2**20
+
+
+def config_problem(transformer: dict, blocks: int, n_tensors: int) -> str | None:
+    """Why `config["transformer"]` cannot size the model, or None. Every size must be an integer in
+    [0, 2**20], and no count of layers may exceed the number of tensors in the file (each layer
+    has several): the sizes of a hostile header are never looped over or multiplied blindly."""
+    if blocks > n_tensors:
+        return (f"a key names transformer block {blocks - 1}, but the file holds only {n_tensors} "
+                f"tensors; expected blocks numbered from 0")
+    try:
+        cfg = resolved_config(transformer)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    for key, value in cfg.items():
+        default = HOST_DEFAULTS.get(key, 0)
+        if isinstance(default, bool) or not isinstance(default, int):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_CONFIG_SIZE:
+            shown = repr(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+            return f"{key} = {shown[:40]}, expected an integer in [0, {_MAX_CONFIG_SIZE}]"
+    for key in ("num_layers", "connector_num_layers"):
+        if cfg[key] > n_tensors:
+            return f"{key} = {cfg[key]}, more layers than the file has tensors ({n_tensors})"
+    return None
+
+
+def _refuse_trailing_bytes(index: HeaderIndex) -> None:
+    """The data section ends where its last tensor ends, as safetensors itself requires: bytes past
+    it mean a wrong header length (every tensor read shifted) or a file appended to."""
+    if not index.tensors:
+        return
+    last = max(index.tensors.values(), key=lambda t: t.end)
+    if last.end < index.file_size:
+        raise CheckpointError(f"the file holds {index.file_size - last.end} byte(s) past the end of its last "
+                              f"tensor (which ends at byte {last.end}); a wrong header length would shift "
+                              f"every tensor, refusing", file=index.path, tensor=last.name)
+
+
+def _refuse_non_float(contents: FileContents) -> None:
+    """Every tensor of the transformer besides fp8 weights and their scales is a float: integer
+    bytes converted to floats would load as made-up weights."""
+    for name, info in contents.tensors.items():
+        if info.dtype not in FULL_DTYPES:
+            raise CheckpointError(f"{name} is stored as {info.dtype}; expected a float tensor "
+                                  f"({', '.join(FULL_DTYPES)})", file=contents.path, tensor=contents.prefix + name)
 
 
 def _refuse_unexpected(contents: FileContents, allow: bool) -> None:
@@ -126,6 +198,10 @@ def _plan_layer(src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision,
     transposed = (layout.fp8 if src.stored_fp8 else layout.full) == IN_OUT
     a, b = src.weight.shape
     out_f, in_f = (b, a) if transposed else (a, b)
+    if src.bias is not None and (tuple(src.bias.shape) != (out_f,) or src.bias.dtype not in FULL_DTYPES):
+        raise CheckpointError(f"layer {src.name}: bias is {src.bias.dtype}{list(src.bias.shape)}, expected a "
+                              f"float [{out_f}] for weight [out, in] = [{out_f}, {in_f}]",
+                              file=path, tensor=src.bias.name)
     scale = input_scale = None
     if src.stored_fp8:
         scale = check_scale(read_tensor(f, src.scale, path), out_f, src.name, path, src.scale.name)
@@ -171,17 +247,31 @@ def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
     w = read_tensor(f, src.weight, path)
     if lp.transposed:
         w = w.t().contiguous()
-    bias = read_tensor(f, src.bias, path).to(plan.compute_dtype) if src.bias is not None else None
+    bias = None
+    if src.bias is not None:
+        bias = read_tensor(f, src.bias, path)
+        check_finite(bias, path, src.bias.name, f"layer {src.name}: bias")
+        bias = bias.to(plan.compute_dtype)
     scale, input_scale = lp.scale, lp.input_scale
     if src.stored_fp8:
         check_codes(w, src.name, path, src.weight.name)
         if src.weight.dtype == "F8_E5M2" or lp.mode == "bf16":
             w = dequantize(w, scale, plan.compute_dtype if lp.mode == "bf16" else torch.float32)
             scale = None
+    else:
+        check_finite(w, path, src.weight.name, f"layer {src.name}: weight")
     if lp.mode == "bf16":
+        # Only a conversion that can overflow needs the check again (an up-cast of a finite bf16
+        # weight to fp32 is finite: re-checking it was a full extra pass over every such weight).
+        converted = src.stored_fp8 or torch.finfo(plan.compute_dtype).max < torch.finfo(w.dtype).max
         w, scale, input_scale = w.to(plan.compute_dtype), None, None
+        if converted:  # a dequantized or down-cast weight must still be finite in the compute dtype
+            check_finite(w, path, src.weight.name, f"layer {src.name}: weight in {plan.compute_dtype}")
     elif scale is None:
-        if not torch.isfinite(w).all():
+        # Two reductions, no full-size bool temporary (isfinite().all() took longer than the
+        # quantization itself): NaN propagates to both ends, an inf shows in one.
+        lo, hi = torch.aminmax(w)
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
             raise CheckpointError(f"layer {src.name}: weight holds NaN or inf, cannot quantize",
                                   file=path, tensor=src.weight.name)
         w, scale = quantize(w, per_row=plan.per_row_quant)
@@ -206,6 +296,7 @@ def iter_load(plan: LoadPlan, device="cpu", names: set[str] | None = None,
                 yield name, materialize(item, f, plan, device)
             else:
                 t = read_tensor(f, item, plan.path)
+                check_finite(t, plan.path, item.name)
                 if tensor_dtype is not None and t.is_floating_point():
                     t = t.to(tensor_dtype)
                 yield name, t.to(device)

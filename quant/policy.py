@@ -40,6 +40,11 @@ class Policy:
         if self.preset not in PRESETS:
             raise PolicyError(f"unknown policy preset {self.preset!r}; expected one of {', '.join(PRESETS)}")
         for r in self.rules:
+            if (not r.pattern or r.pattern != r.pattern.strip()
+                    or any(c in r.pattern for c in ";#\n\r")):
+                # to_string() could not write it so that from_string() reads the same rule back.
+                raise PolicyError(f"rule {r.pattern!r}={r.mode}: a layer pattern must be non-empty, "
+                                  f"without surrounding spaces, `;`, `#` or a line break")
             if r.mode not in RULE_MODES:
                 raise PolicyError(f"rule {r.pattern}={r.mode}: unknown mode {r.mode!r}; "
                                   f"expected one of {', '.join(RULE_MODES)}")
@@ -48,7 +53,9 @@ class Policy:
     @classmethod
     def from_string(cls, text: str) -> "Policy":
         """`PRESET` or `PRESET; GLOB=MODE; ...` (the form `to_string` writes)."""
-        parts = [p.strip() for p in (text or "").split(";")]
+        # `#` comments run to the end of their line; line breaks separate like `;`.
+        flat = ";".join(line.split("#", 1)[0] for line in (text or "").splitlines())
+        parts = [p.strip() for p in flat.split(";")]
         preset = parts[0] or "auto"
         return cls(preset, parse_rules("\n".join(parts[1:])))
 
@@ -82,8 +89,11 @@ class Policy:
 def parse_rules(text: str) -> tuple[Rule, ...]:
     """One `GLOB = MODE` per line (or `;`-separated); `#` starts a comment."""
     rules = []
-    for lineno, raw in enumerate((text or "").replace(";", "\n").splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+    # Comments first: a `;` inside a comment must not turn the rest of the comment into a rule.
+    segments = [(lineno, seg) for lineno, full in enumerate((text or "").splitlines(), 1)
+                for seg in full.split("#", 1)[0].split(";")]
+    for lineno, raw in segments:
+        line = raw.strip()
         if not line:
             continue
         if "=" not in line:
