@@ -6,7 +6,7 @@
 #   make workflows               regenerate example_workflows/*.json from example_workflows/api/
 #   make test                    set up, then all tests (PYTEST_ARGS="-k smoke" to narrow)
 #   make serve PORT=8188 ARGS="--verbose DEBUG"   the host with the pack, in the foreground
-#   make bench [QUICK=1]         benchmarks (bench/)
+#   make bench [QUICK=1]         benchmarks (bench/): bench/results.json, BENCHMARKS.md, bench/plots/
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -15,6 +15,7 @@ PORT ?= 8188
 ARGS ?=
 PYTEST_ARGS ?=
 PYTEST_TIMEOUT ?= 1800
+BENCH_ARGS ?=
 PY := .venv/bin/python
 
 .PHONY: help setup test serve run demo-check workflows bench clean-work
@@ -45,7 +46,7 @@ workflows: setup
 
 bench: setup
 	@if [ -d bench ]; then \
-	  QUICK=$(or $(QUICK),0) $(PY) -m bench; \
+	  $(PY) -m bench $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS); \
 	else \
 	  echo "[bench] no bench/ yet" >&2; exit 1; \
 	fi

@@ -22,7 +22,8 @@ import comfy.utils
 
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
-from ..quant.loader import LoadPlan, iter_load
+from ..quant.loader import LoadPlan, config_problem, iter_load
+from ..quant.ltx2_shapes import count_blocks
 from .host_linear import QuantHostLinear
 
 log = logging.getLogger("ltx_fp8")
@@ -56,7 +57,12 @@ def meta_state_dict(plan: LoadPlan) -> dict[str, torch.Tensor]:
 def detect(plan: LoadPlan, load_device):
     """The host's model config for this file, and its weight / compute dtypes on `load_device`."""
     sd = meta_state_dict(plan)
-    model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=plan.index.metadata)
+    _check_config(plan, sd)
+    try:
+        model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=plan.index.metadata)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"the host cannot detect a model from this file ({type(e).__name__}: "
+                              f"{str(e)[:200]})", file=plan.path) from None
     if model_config is None or model_config.unet_config.get("image_model") != "ltxav":
         found = None if model_config is None else model_config.unet_config.get("image_model")
         raise CheckpointError(f"not an LTX-2 audio-video (LTXAV) transformer (host detected: {found}); "
@@ -70,6 +76,26 @@ def detect(plan: LoadPlan, load_device):
     manual = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
     model_config.set_inference_dtype(weight_dtype, manual, device=load_device)
     return model_config, weight_dtype, manual
+
+
+def _check_config(plan: LoadPlan, sd: dict) -> None:
+    """The host builds the model from the header's `config["transformer"]` (it overrides even the
+    block count it reads from the keys): a config that is not an object of sane sizes, or whose
+    num_layers differs from the file's blocks, is refused before the host allocates anything."""
+    if "config" not in plan.index.metadata:
+        return
+    cfg = plan.index.json_metadata("config")
+    transformer = cfg.get("transformer", {}) if isinstance(cfg, dict) else None
+    if not isinstance(transformer, dict):
+        raise CheckpointError("header config is not a JSON object with a 'transformer' object", file=plan.path)
+    blocks = count_blocks(sd)
+    problem = config_problem(transformer, blocks, len(plan.index.tensors))
+    if problem:
+        raise CheckpointError(f"header config['transformer'] cannot size the model: {problem}", file=plan.path)
+    n = transformer.get("num_layers")
+    if n is not None and n != blocks:
+        raise CheckpointError(f"header config['transformer'] says num_layers = {n} but the file holds "
+                              f"{blocks} transformer blocks", file=plan.path)
 
 
 def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostLinear]:
@@ -87,6 +113,11 @@ def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostL
             raise CheckpointError(f"layer {name}: [out, in] = {list(lp.out_in)} but the model built from "
                                   f"the header config wants {[m.out_features, m.in_features]}",
                                   file=plan.path, tensor=lp.src.weight.name)
+        if (m.bias is None) != (lp.src.bias is None):
+            # A missing bias would stay an unloaded (meta) parameter; an extra one would be invented.
+            raise CheckpointError(f"layer {name}: the model {'has' if m.bias is not None else 'has no'} a bias "
+                                  f"but the file {'has none' if lp.src.bias is None else 'has one'}",
+                                  file=plan.path, tensor=plan.contents.prefix + name + ".bias")
     extra = [n for n in planned if n not in linears]
     if extra:
         raise CheckpointError(f"{len(extra)} linear layer(s) of the file are not in the model, first {extra[0]}",
@@ -97,6 +128,12 @@ def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostL
     if missing:
         raise CheckpointError(f"{len(missing)} tensor(s) of the model are missing from the file, first {missing[0]}",
                               file=plan.path, tensor=plan.contents.prefix + missing[0])
+    params = dm.state_dict(keep_vars=True)
+    for k in wanted:
+        info = plan.contents.tensors[k]
+        if tuple(info.shape) != tuple(params[k].shape):
+            raise CheckpointError(f"{k} has shape {list(info.shape)} but the model wants {list(params[k].shape)}",
+                                  file=plan.path, tensor=info.name)
     unknown = [k for k in plan.contents.tensors if k not in set(wanted)]
     if unknown:
         raise CheckpointError(f"{len(unknown)} tensor(s) of the file are not part of the model, first {unknown[0]}",

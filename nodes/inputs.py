@@ -18,14 +18,17 @@ RULES_TOOLTIP = (
     "Optional per-layer rules, one per line: GLOB = MODE (first match wins; # comments). Layer names "
     "have no file prefix, e.g. 'transformer_blocks.0.* = bf16' or '*.ff.* = scaled-mm'. Modes: bf16, "
     "fp8-cast, scaled-mm, auto. Non-block layers (patchify, proj_out, adaln, connectors) stay full "
-    "precision unless a rule names them.")
+    "precision unless a rule names them. Memory: fp8-cast / scaled-mm 1 byte per weight, bf16 2 bytes; "
+    "scaled-mm needs CUDA compute capability 8.9+ (elsewhere it runs as fp8-cast).")
 ACTIVATION_TOOLTIP = (
-    "scaled-mm only. static: activations quantized with the file's calibrated input_scale (clamped to "
-    "the fp8 range); layers without one use dynamic. dynamic: per-tensor amax of each input, one extra "
-    "reduction per layer, robust to out-of-range activations.")
+    "scaled-mm only (CUDA compute capability 8.9+; ignored by fp8-cast and bf16). static: activations "
+    "quantized with the file's calibrated input_scale (clamped to the fp8 range); layers without one use "
+    "dynamic. dynamic: per-tensor amax of each input, one extra reduction per layer, robust to "
+    "out-of-range activations. Neither stores anything: no extra memory.")
 BACKEND_TOOLTIP = (
-    "scaled-mm only. auto: TensorRT-LLM's cuBLAS fp8 GEMM when tensorrt_llm is installed (CUDA only), "
-    "else torch._scaled_mm. tensorrt-llm: require it (error if absent). torch: always torch._scaled_mm.")
+    "scaled-mm only (CUDA compute capability 8.9+). auto: TensorRT-LLM's cuBLAS fp8 GEMM when tensorrt_llm "
+    "is installed (CUDA only), else torch._scaled_mm. tensorrt-llm: require it (error if absent). torch: "
+    "always torch._scaled_mm. Both read the same fp8 weights: no extra memory.")
 
 
 def policy_inputs() -> list:

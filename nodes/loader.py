@@ -14,15 +14,23 @@ from ..bridge.errors import node_error
 from ..quant.device import device_caps
 from ..quant.loader import plan_checkpoint
 from ..quant.report import build_report, format_text
+from .badge import blocks_by_mode, report_layers
 from .inputs import policy_inputs, read_policy
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
 log = logging.getLogger("ltx_fp8")
 
+CKPT_TOOLTIP = (
+    f"An LTX-2 / LTX-2.3 .safetensors file from the {' or '.join(MODEL_FOLDERS)} folders: any fp8 encoding "
+    "(ltx-core, ComfyUI native or legacy scaled fp8, per-row scales) or bf16/fp16/fp32. Streamed one tensor "
+    "at a time (no second copy in RAM). Weights take 1 byte per parameter in fp8 modes and 2 in bf16: the "
+    "22B LTX-2.3 transformer is about 22 GB as fp8, 44 GB as bf16. Any CUDA GPU, or the CPU.")
+
 
 def badge(report: dict) -> dict:
     """The compact figures the canvas badge shows (web/ltx_fp8.js)."""
-    return {"layers_by_mode": report["layers_by_mode"], "bytes_by_mode": report["bytes_by_mode"],
+    return {"layers_by_mode": report["layers_by_mode"], "blocks_by_mode": blocks_by_mode(report_layers(report)),
+            "bytes_by_mode": report["bytes_by_mode"], "other_bytes": report["other_tensor_bytes"],
             "total_bytes": report["total_bytes"], "policy": report["policy"],
             "file": os.path.basename(report["file"]), "warnings": len(report["warnings"])}
 
@@ -39,10 +47,12 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
                          "every weight scale, streaming one tensor at a time. Bundle passengers (VAE, audio "
                          "VAE, vocoder, text projection) are reported, not loaded."),
             inputs=[io.Combo.Input("ckpt_name", options=checkpoint_names(),
-                                   tooltip=f"A .safetensors file from the {' or '.join(MODEL_FOLDERS)} folders.")]
+                                   tooltip=CKPT_TOOLTIP)]
                    + policy_inputs(),
             outputs=[io.Model.Output(display_name="MODEL"),
                      io.String.Output(display_name="report")],
+            # The canvas badge (web/ltx_fp8.js) is this node's ui output: resent when the node is cached.
+            has_intermediate_output=True,
         )
 
     @classmethod

@@ -48,11 +48,17 @@ class LTXFP8VRAMReport(io.ComfyNode):
                          "and the device's memory (CUDA allocated/reserved/peak since the last report; on CPU "
                          "the process RSS and system RAM). Put it after a sampler through 'passthrough' to "
                          "measure the run."),
-            inputs=[io.Model.Input("model", tooltip="A MODEL to report.")]
-                   + [io.Model.Input(n, optional=True, tooltip="Another MODEL to report.") for n in MODEL_INPUTS[1:]]
+            inputs=[io.Model.Input("model", tooltip=(
+                        "A MODEL to report: its weight bytes by mode (fp8-cast / scaled-mm 1 byte per weight, "
+                        "bf16 2 bytes) and how many are resident on the device vs offloaded. Reporting "
+                        "allocates nothing; any device (CUDA adds allocated/reserved/peak)."))]
+                   + [io.Model.Input(n, optional=True, tooltip=(
+                        "Another MODEL to report, its own column on the canvas: weight bytes by mode, resident "
+                        "vs offloaded. Reporting allocates nothing; any device.")) for n in MODEL_INPUTS[1:]]
                    + [io.AnyType.Input("passthrough", optional=True,
                                        tooltip="Anything (e.g. a sampler's LATENT): forces this report to run "
-                                               "after it, and is passed on unchanged.")],
+                                               "after it, so the CUDA peak covers the run; passed on unchanged "
+                                               "(no copy, no memory; any device).")],
             outputs=[io.AnyType.Output(display_name="passthrough"),
                      io.String.Output(display_name="json")],
             is_output_node=True,

@@ -20,7 +20,9 @@ _MIN_ACT_SCALE = 1e-12
 def fp8_cast_forward(x, codes, scale, bias):
     """fp8 storage, upcast at compute: `F.linear(x, codes * scale)` in x's dtype.
 
-    Codes are exact in bf16/fp16/fp32; the product rounds once into x's dtype.
+    Codes are exact in bf16/fp16/fp32; the scale and the product each round in x's dtype (within
+    two roundings of the compute dtype, measured 0.0026 vs 0.0023 output error in bf16). Forming
+    the product in fp32 instead would cost a weight-sized fp32 temporary per layer per step.
     """
     s = scale.to(x.dtype)
     # In place on the fresh copy: one weight-sized temporary per call, not two.

@@ -77,6 +77,27 @@ if [ "$(cat "$vstamps/requirements-dev" 2>/dev/null || true)" != "$dev_hash" ]; 
   echo "$dev_hash" > "$vstamps/requirements-dev"; changed=1
 fi
 
+# Headless Chromium for tests/test_browser.py and tools/make_thumbnails.py: Debian's package (no
+# browser download; Playwright from requirements-dev.txt drives it via executable_path). Needs root
+# (CI); elsewhere install it once with `sudo apt-get install chromium` or set LTXFP8_CHROMIUM.
+CHROMIUM="${LTXFP8_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -f "$hstamps/chromium" ] || [ ! -x "$CHROMIUM" ]; then
+  if [ -x "$CHROMIUM" ]; then
+    touch "$hstamps/chromium"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] installing chromium (Debian package) for the browser tests"
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                      chromium fonts-dejavu-core >/dev/null; }
+    if ! apt_install; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && apt_install
+    fi
+    touch "$hstamps/chromium"
+  else
+    echo "[bootstrap] warning: $CHROMIUM missing and not root: the browser tests will fail" \
+         "(sudo apt-get install chromium, or LTXFP8_SKIP_BROWSER=1)" >&2
+  fi
+fi
+
 # PyPI's torchaudio is a CUDA build: its native libraries fail to load against CPU torch
 # (libc10_cuda.so). The host's LTX paths use only its pure-Python parts, so drop the .so files.
 # Cheap and idempotent; redone after any install in case torchaudio was (re)installed.
