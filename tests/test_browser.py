@@ -1,0 +1,308 @@
+"""The pack in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright against
+the real host serving its real frontend (comfyui_frontend_package) with this pack.
+
+For each example workflow (example_workflows/*.json, UI format) and for a loader -> Apply Quant
+Policy -> VRAM Report graph built in the page: open the editor, load it (`app.loadGraphData`),
+queue it from the page (`app.queuePrompt`), wait for the run, and check that the canvas shows the
+pack's badges and the VRAM Report table with the numbers of that run, read back from the host's
+/history (the nodes' `ui` outputs): mode counts, byte totals and their text, per-model per-mode
+bytes and layer counts, the bar chart's segments. Also: the settings (units, chart, badges), the
+figures coming back when the nodes are cached or the editor restores outputs, the modern node
+design (Nodes 2.0), the node help pages found by the editor, the inputs' tooltips, the thumbnails. Screenshots go to test-artifacts/browser/.
+
+Needs /usr/bin/chromium (tools/bootstrap.sh installs Debian's package when run as root; the driver
+installs it too when missing and root) and playwright (requirements-dev.txt). Set
+LTXFP8_SKIP_BROWSER=1 to skip where no browser can be had. About 1.5 to 2 minutes on CPU.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import hostlib
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tools import demo  # noqa: E402
+
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+WEB = REPO / "web"
+PACK = hostlib.PACK_NAME
+LOADER, APPLY, REPORT = "LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport"
+PACK_NODES = (LOADER, APPLY, REPORT)
+EXAMPLES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+TOOLTIP_HARDWARE = re.compile(r"GPU|CUDA|device|CPU", re.I)
+TOOLTIP_UNITS = re.compile(r"byte|memory", re.I)
+SCALED_MM_INPUTS = ("policy", "rules", "activation_scale", "backend")
+
+pytestmark = pytest.mark.timeout(900)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+
+@pytest.fixture(scope="module")
+def driver():
+    if os.environ.get("LTXFP8_SKIP_BROWSER") == "1":
+        pytest.skip("LTXFP8_SKIP_BROWSER=1")
+    from browser import driver as drv  # needs playwright (requirements-dev.txt)
+
+    drv.ensure_chromium()  # installs Debian's chromium when missing and root; else raises
+    return drv
+
+
+@pytest.fixture(scope="module")
+def ui_host(host):
+    """The session host when it has tests/nodepack (the example workflows need it), else one of
+    our own with it. The demo model files are written into its model folders."""
+    own = None
+    h = host
+    if "LTXFP8TestConditioning" not in host.object_info("LTXFP8TestConditioning"):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        own = h = hostlib.Host(extra_custom_nodes=demo.node_packs(), log_path=ARTIFACTS / "host.log")
+        h.start()
+    demo.ensure_assets(h.models_dir, log=lambda *a: None)
+    try:
+        yield h
+    finally:
+        if own is not None:
+            own.stop()
+
+
+@pytest.fixture(scope="module")
+def editor(driver, ui_host):
+    with driver.Editor(ui_host.url) as ed:
+        yield ed
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of what the page shows against what the run returned
+
+def _payload(entry: dict, node_id: str, key: str):
+    out = entry["outputs"].get(node_id)
+    assert out and key in out, f"node {node_id}: no {key!r} in /history outputs {sorted(entry['outputs'])}"
+    return json.loads(out[key][0])
+
+
+def _nonzero(d: dict) -> dict:
+    return {k: v for k, v in (d or {}).items() if v}
+
+
+def check_badge(view: dict, p: dict, kind: str, fmt) -> None:
+    assert view["kind"] == "badge" and view["node_kind"] == kind, view
+    assert view["visible"], view
+    assert view["total_bytes"] == p["total_bytes"]
+    assert view["total_text"] == fmt(p["total_bytes"]), (view["total_text"], p["total_bytes"])
+    blocks = _nonzero(p["blocks_by_mode"])
+    assert blocks, p
+    assert {c["mode"]: c["count"] for c in view["chips"]} == blocks
+    for c in view["chips"]:
+        assert c["text"] == f"{c['mode']} {c['count']} block{'' if c['count'] == 1 else 's'}"
+    for mode, n in _nonzero(p["layers_by_mode"]).items():
+        assert f"{mode} {n}" in view["layers_text"], (mode, n, view["layers_text"])
+    assert f"policy {p['policy']}" in view["layers_text"]
+    bar = {s["mode"]: s["bytes"] for s in view["bar"]}
+    want = _nonzero(p["bytes_by_mode"])
+    if kind == LOADER:  # the loader's bytes_by_mode counts linears; other tensors are other_bytes
+        want["other"] = p["other_bytes"]
+        assert sum(want.values()) == p["total_bytes"]
+    assert bar == _nonzero(want)
+    if kind == APPLY:
+        assert f"new {fmt(p['allocated_bytes'])}" in view["layers_text"]
+    if p.get("warnings"):
+        assert f"{p['warnings']} warning" in view["layers_text"]
+
+
+def check_vram(view: dict, report: dict, text: str, fmt) -> None:
+    assert view["kind"] == "vram" and view["visible"], view
+    assert view["title"] == text  # the node's text table, on hover
+    models = report["models"]
+    assert [m["input"] for m in view["models"]] == [m["input"] for m in models]
+    for got, m in zip(view["models"], models):
+        assert got["label"] == m["label"]
+        for key in ("total_bytes", "resident_bytes", "offloaded_bytes"):
+            assert got[key] == m[key], (m["input"], key)
+            assert got[key.replace("bytes", "text")] == fmt(m[key]), (m["input"], key)
+        by_mode = {k: v["bytes"] for k, v in got["modes"].items() if v["bytes"]}
+        assert by_mode == _nonzero(m["weight_bytes_by_mode"]), m["input"]
+        layers = {k: v["layers"] for k, v in got["modes"].items() if v["layers"]}
+        assert layers == _nonzero(m["layers_by_mode"]), m["input"]
+        for mode, b in _nonzero(m["weight_bytes_by_mode"]).items():
+            assert got["modes"][mode]["text"].startswith(fmt(b)), (mode, got["modes"][mode])
+        assert sum(by_mode.values()) == m["total_bytes"]
+    assert [c["input"] for c in view["chart"]] == [m["input"] for m in models]
+    for c, m in zip(view["chart"], models):
+        assert {s["mode"]: s["bytes"] for s in c["segments"]} == _nonzero(m["weight_bytes_by_mode"])
+        assert c["value"] == fmt(m["total_bytes"])
+    d = report["device"]
+    assert f"device {d['device']}: total {fmt(d['total_bytes'])}" in view["device_text"]
+
+
+def check_run(driver, entry: dict, views: dict, workflow: dict, units: str = "GB") -> dict:
+    """Every pack node of `workflow` shows the figures of this run; returns {id: class}."""
+    fmt = lambda n: driver.format_bytes(n, units)  # noqa: E731
+    nodes = driver.pack_node_ids(workflow)
+    assert nodes, "no node of this pack in the workflow"
+    for nid, cls in nodes.items():
+        assert nid in views, f"node {nid} ({cls}) shows nothing; views: {sorted(views)}"
+        if cls == REPORT:
+            check_vram(views[nid], _payload(entry, nid, "ltx_fp8_vram"), entry["outputs"][nid]["text"][0], fmt)
+        else:
+            check_badge(views[nid], _payload(entry, nid, "ltx_fp8"), cls, fmt)
+    return nodes
+
+
+def check_widgets_untouched(ed, workflow: dict) -> None:
+    """The canvas views are never saved: widgets_values of the pack's nodes are as loaded."""
+    saved = {str(n["id"]): n.get("widgets_values") for n in ed.page.evaluate("() => app.graph.serialize().nodes")}
+    for n in workflow["nodes"]:
+        if n["type"] in PACK_NODES:
+            assert (saved[str(n["id"])] or []) == (n.get("widgets_values") or []), (n["id"], n["type"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_workflow_shows_the_run_on_the_canvas(driver, editor, ui_host, name):
+    wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    try:
+        entry, views = driver.run_in_editor(editor, ui_host, wf)
+        nodes = check_run(driver, entry, views, wf)
+    finally:
+        editor.screenshot_graph(ARTIFACTS / f"{name}.png")
+    assert LOADER in nodes.values() and REPORT in nodes.values()
+    check_widgets_untouched(editor, wf)
+    assert not editor.page_errors, editor.diagnostics()
+
+
+def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_host):
+    wf = driver.three_node_workflow(editor, demo.DEMO_FP8, policy="auto", apply_policy="bf16")
+    entry, views = driver.run_in_editor(editor, ui_host, wf)
+    nodes = check_run(driver, entry, views, wf)
+    assert sorted(nodes.values()) == sorted(PACK_NODES)
+    ids = {cls: nid for nid, cls in nodes.items()}
+    applied = _payload(entry, ids[APPLY], "ltx_fp8")
+    assert applied["changed"] and applied["allocated_bytes"] > 0, applied  # fp8 -> bf16 allocates
+    assert set(_nonzero(applied["blocks_by_mode"])) == {"bf16"}
+    editor.screenshot_graph(ARTIFACTS / "apply_quant_policy.png")
+
+    # Units: GiB everywhere, at once (no re-run).
+    editor.set_setting("LTXFP8.Canvas.Units", "GiB")
+    check_run(driver, entry, editor.views(), wf, units="GiB")
+    editor.set_setting("LTXFP8.Canvas.Units", "GB")
+    # The chart can be hidden; the badges too (the VRAM table stays).
+    editor.set_setting("LTXFP8.Canvas.ShowChart", False)
+    assert editor.views()[ids[REPORT]]["chart"] == []
+    editor.set_setting("LTXFP8.Canvas.ShowChart", True)
+    editor.set_setting("LTXFP8.Canvas.ShowBadges", False)
+    assert set(editor.views()) == {ids[REPORT]}
+    editor.set_setting("LTXFP8.Canvas.ShowBadges", True)
+    check_run(driver, entry, editor.views(), wf)
+
+    # Queued again: loader and Apply Quant Policy are cached on the host and their figures come
+    # back all the same (has_intermediate_output), equal to the first run's.
+    editor.page.evaluate("() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
+                         "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); }")
+    assert editor.views() == {}
+    pid = editor.queue()
+    entry2 = ui_host.wait_history(pid)
+    assert entry2["status"]["status_str"] == "success"
+    views2 = editor.wait_for_views(nodes)
+    check_run(driver, entry2, views2, wf)
+    for cls in (LOADER, APPLY):
+        assert _payload(entry2, ids[cls], "ltx_fp8") == _payload(entry, ids[cls], "ltx_fp8")
+    check_widgets_untouched(editor, wf)
+    # Outputs the editor restores (a job reopened from the queue sets app.nodeOutputs) show too.
+    editor.page.evaluate("() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
+                         "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); "
+                         "app.nodeOutputs = {...app.nodeOutputs}; }")
+    check_run(driver, entry2, editor.wait_for_views(nodes), wf)
+
+    # The editor finds the node's help page (web/docs/<node id>.md) in its Info panel.
+    editor.frame_graph([ids[LOADER]], pad=150)  # room above the node for the selection toolbox
+    editor.page.evaluate("(id) => { app.canvas.deselectAll?.(); "
+                         "app.canvas.selectNode(app.graph.getNodeById(Number(id))); app.canvas.setDirty(true, true); }",
+                         ids[LOADER])
+    editor.page.click("[data-testid=info-button]", timeout=20000)
+    editor.page.get_by_text("whatever its fp8 encoding").first.wait_for(timeout=20000)
+    editor.screenshot(ARTIFACTS / "node_help.png")
+    editor.page.keyboard.press("Escape")
+    assert not editor.page_errors, editor.diagnostics()
+
+
+def test_figures_show_with_the_modern_node_design(driver, ui_host):
+    """Settings -> Nodes 2.0 (Vue nodes, DOM-rendered): the same views, the same numbers."""
+    with driver.Editor(ui_host.url, settings={"Comfy.VueNodes.Enabled": True}) as ed:
+        wf = driver.three_node_workflow(ed, demo.DEMO_FP8, policy="fp8-cast", apply_policy="auto")
+        entry, views = driver.run_in_editor(ed, ui_host, wf)
+        check_run(driver, entry, views, wf)
+        ed.screenshot(ARTIFACTS / "vue_nodes.png")
+        assert not ed.page_errors, ed.diagnostics()
+
+
+def test_help_pages_are_served_where_the_editor_looks(ui_host):
+    """Frontend 1.47 (NodeHelpService) fetches /extensions/<pack>/docs/<node id>.md for nodes
+    whose python_module is custom_nodes.<pack>."""
+    for cls in PACK_NODES:
+        info = ui_host.object_info(cls)[cls]
+        assert info["python_module"] == f"custom_nodes.{PACK}"
+        status, body = ui_host.request("GET", f"/extensions/{PACK}/docs/{cls}.md")
+        assert status == 200 and isinstance(body, str), (cls, status)
+        assert body.startswith(f"# {info['display_name']}\n"), body[:80]
+        for section in ("required", "optional"):
+            for name in info["input"].get(section, {}):
+                assert f"`{name}`" in body, f"{cls}.md does not document input {name}"
+
+
+def test_every_input_has_a_tooltip_with_units_and_hardware(ui_host):
+    for cls in PACK_NODES:
+        info = ui_host.object_info(cls)[cls]
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                tip = (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}).get("tooltip", "")
+                assert TOOLTIP_UNITS.search(tip), f"{cls}.{name}: no units in tooltip {tip!r}"
+                assert TOOLTIP_HARDWARE.search(tip), f"{cls}.{name}: no hardware in tooltip {tip!r}"
+                if name in SCALED_MM_INPUTS:
+                    assert "8.9" in tip, f"{cls}.{name}: tooltip does not say scaled-mm needs CC 8.9+"
+
+
+def test_example_workflows_have_thumbnails(ui_host):
+    from PIL import Image
+
+    assert EXAMPLES, "no example_workflows/*.json"
+    listed = ui_host.get("/workflow_templates").get(PACK, [])
+    for name in EXAMPLES:
+        jpg = REPO / "example_workflows" / f"{name}.jpg"
+        assert jpg.is_file(), f"{jpg} missing: run tools/make_thumbnails.py"
+        img = Image.open(jpg)
+        assert img.format == "JPEG" and img.size[0] == img.size[1] >= 256, (img.format, img.size)
+        assert name in listed
+        # Served where the template browser looks: /api/workflow_templates/<pack>/<name>.jpg
+        url = f"{ui_host.url}/api/workflow_templates/{PACK}/{name}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200
+            Image.open(io.BytesIO(r.read())).verify()
+
+
+def test_extension_is_quiet_at_import():
+    """Registered through app.registerExtension with its settings under LTXFP8; imports app/api
+    from the host's shims; no timers or requests at import (api.fetchApi only on a menu click)."""
+    js = (WEB / "ltx_fp8.js").read_text()
+    assert 'import { app } from "../../scripts/app.js";' in js
+    assert 'import { api } from "../../scripts/api.js";' in js
+    assert "app.registerExtension(" in js
+    assert re.findall(r'category: \["LTXFP8"', js), "settings not under the LTXFP8 category"
+    assert "setInterval" not in js and "setTimeout" not in js
+    assert "fetch(" not in js.replace("api.fetchApi(", "")
+    assert js.count("api.fetchApi(") == 1
+    assert sorted(p.name for p in (WEB / "docs").glob("*.md")) == sorted(f"{c}.md" for c in PACK_NODES)
