@@ -8,20 +8,117 @@ import torch
 
 import comfy.model_management
 
+from ..quant.ltx2_shapes import is_sensitive
+from ..quant.policy import Policy
+
+_OOM_PRESETS = ("bf16", "fp8-cast")  # scaled-mm holds the same bytes as fp8-cast
+
+
+def _is_oom(e: BaseException) -> bool:
+    # CUDA: torch.OutOfMemoryError. CPU: torch raises RuntimeError("... DefaultCPUAllocator: can't
+    # allocate memory ..."), Python's own buffers MemoryError.
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def _release() -> None:
+    """Collect, empty the device caches, and hand freed heap pages back to the OS (glibc keeps
+    freed chunks of a large failed load in its arenas otherwise: the process RSS would stay up)."""
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def weight_bytes_by_preset(plan) -> dict[str, int]:
+    """Estimated bytes of the loaded model's weights if the file were loaded with each preset (no
+    rules): fp8 layers 1 byte per weight + fp32 scales, bf16 layers the compute dtype's size, the
+    other tensors and biases in the compute dtype. Also `"requested"`: with the plan's policy."""
+    item = plan.compute_dtype.itemsize
+    other = sum(i.numel for i in plan.contents.tensors.values()) * item
+    other += sum(lp.src.bias.numel for lp in plan.layers if lp.src.bias is not None) * item
+
+    def layer_bytes(lp, mode: str) -> int:
+        out_f, in_f = lp.out_in
+        if mode == "bf16":
+            return out_f * in_f * item
+        rows = out_f if (lp.scale is not None and lp.scale.dim() == 1) or plan.per_row_quant else 1
+        return out_f * in_f + 4 * rows + (4 if lp.input_scale is not None else 0)
+
+    out = {"requested": other + sum(layer_bytes(lp, lp.mode) for lp in plan.layers)}
+    for preset in _OOM_PRESETS:
+        policy = Policy(preset)
+        out[preset] = other + sum(
+            layer_bytes(lp, policy.mode_for(lp.name, lp.src.stored_fp8 and lp.src.weight.dtype == "F8_E4M3",
+                                            is_sensitive(lp.name), plan.caps.fp8_gemm_fast))
+            for lp in plan.layers)
+    return out
+
+
+def _available(e: BaseException) -> tuple[str, int | None]:
+    """(where, bytes available now) for the memory that ran out: the CUDA device for a CUDA OOM,
+    else system RAM (the loader streams weights into RAM; the host moves them to the GPU later)."""
+    if isinstance(e, torch.OutOfMemoryError) and torch.cuda.is_available():
+        dev = comfy.model_management.get_torch_device()
+        return f"free on {dev}", int(comfy.model_management.get_free_memory(dev))
+    try:
+        import psutil
+
+        return "RAM available", int(psutil.virtual_memory().available)
+    except ImportError:
+        return "RAM available", None
+
+
+def oom_message(what: str, e: BaseException, plan=None) -> str:
+    head = f"{what}: out of memory while loading ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+    generic = ("fp8-cast holds 1 byte per weight and fits where bf16 (2 bytes) does not; try policy fp8-cast "
+               "(or scaled-mm, same bytes), or free other models first")
+    if plan is None:
+        return f"{head}. {generic}"
+    est = weight_bytes_by_preset(plan)
+    where, avail = _available(e)
+    parts = [f"{head}. Estimated weights: {_gib(est['requested'])} with policy {plan.policy.to_string()}; "
+             f"{_gib(est['fp8-cast'])} with fp8-cast or scaled-mm; {_gib(est['bf16'])} with bf16"]
+    if avail is None:
+        return "; ".join(parts) + f". {generic}"
+    parts.append(f"{_gib(avail)} {where} now")
+    if est["requested"] <= avail:
+        # The estimate fits but the load did not: something else held the memory at the time.
+        advice = ("the requested policy fits by this estimate, so other models or processes hold the "
+                  "memory: free them (or restart) and retry; fp8-cast needs the least")
+    elif est["fp8-cast"] <= avail:
+        advice = "policy fp8-cast (or scaled-mm) would fit: try it"
+    else:
+        advice = ("no mode fits the memory available now, not even fp8-cast: free other models, or use a "
+                  "machine with more memory")
+    return "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}"
+
 
 @contextlib.contextmanager
 def node_error(what: str):
     """Failed loads must leave nothing behind (issue 5): drop references, collect, empty caches,
-    then let the error reach the host, which reports it on the node and keeps serving."""
+    then let the error reach the host, which reports it on the node and keeps serving.
+
+    Yields a dict: a node puts its `"plan"` there once planned, so that an out-of-memory error
+    can say which modes would fit (estimated from the plan's shapes vs the memory available)."""
+    ctx: dict = {}
     try:
-        yield
-    except torch.OutOfMemoryError as e:
-        gc.collect()
-        comfy.model_management.soft_empty_cache()
-        raise MemoryError(f"{what}: out of memory while loading ({e}). fp8-cast holds 1 byte per weight "
-                          f"and fits where bf16 (2 bytes) does not; try policy fp8-cast, or free other "
-                          f"models first") from None
-    except BaseException:
-        gc.collect()
-        comfy.model_management.soft_empty_cache()
-        raise
+        yield ctx
+    except BaseException as e:
+        if not _is_oom(e):
+            _release()
+            raise
+        message = oom_message(what, e, ctx.pop("plan", None))
+        # The MemoryError replaces it: the original's traceback (whose frames may hold tensors of the
+        # failed load) must not ride along as its __context__.
+        e.__traceback__ = None
+        _release()
+        raise MemoryError(message) from None

@@ -150,7 +150,7 @@ def build_model_patcher(plan: LoadPlan, load_device=None, offload_device=None):
     model_config, weight_dtype, manual = detect(plan, load_device)
     plan.compute_dtype = weight_dtype  # bf16-mode layers are stored in the host's weight dtype
     model_config.custom_operations = make_ops(manual is not None)
-    model = None
+    model = dm = linears = target = item = patcher = None
     try:
         model = model_config.get_model({}, "")
         dm = model.diffusion_model
@@ -169,6 +169,8 @@ def build_model_patcher(plan: LoadPlan, load_device=None, offload_device=None):
             model.to(offload_device)
         return patcher
     except BaseException:
-        del model
+        # The traceback keeps this frame alive while the error travels to the host (which may keep
+        # it a while): drop every reference to the partly built model now, so its memory is freed.
+        model = dm = linears = target = item = patcher = None
         gc.collect()
         raise

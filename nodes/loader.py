@@ -60,18 +60,21 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
         # A file replaced on disk must not be served from the cache (issue 5).
         try:
             st = os.stat(resolve_checkpoint(ckpt_name))
-            return (ckpt_name, st.st_size, st.st_mtime_ns, tuple(sorted(kwargs.items())))
+            # ctime and inode too: a same-size file copied in with its old mtime kept (cp -p,
+            # rsync -t) still changes them.
+            return (ckpt_name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                    tuple(sorted(kwargs.items())))
         except Exception as e:  # resolution errors surface in execute, with the file named
             return (ckpt_name, repr(e))
 
     @classmethod
     def execute(cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
-        with node_error(ckpt_name):
+        with node_error(ckpt_name) as ctx:
             path = resolve_checkpoint(ckpt_name)
             pol = read_policy(policy, rules)
             device = comfy.model_management.get_torch_device()
-            plan = plan_checkpoint(path, pol, device=device_caps(device), activation=activation_scale,
-                                   backend=backend)
+            plan = ctx["plan"] = plan_checkpoint(path, pol, device=device_caps(device), activation=activation_scale,
+                                                 backend=backend)
             patcher = build_model_patcher(plan, load_device=device)
             report = build_report(plan)
             patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}

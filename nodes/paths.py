@@ -38,9 +38,10 @@ def resolve_checkpoint(name: str) -> str:
         path = folder_paths.get_full_path(folder, name)
         if path is None:
             continue
-        roots = folder_paths.get_folder_paths(folder)
+        # A link from one model folder into another (checkpoints -> diffusion_models) stays inside.
+        roots = [r for f in MODEL_FOLDERS for r in folder_paths.get_folder_paths(f)]
         if not _inside(path, roots):
-            raise CheckpointError(f"resolves outside the {folder} folders (symlink to "
+            raise CheckpointError(f"resolves outside the {' / '.join(MODEL_FOLDERS)} folders (symlink to "
                                   f"{os.path.realpath(path)}); refusing to load it", file=name)
         return path
     raise CheckpointError(f"not found in the {' or '.join(MODEL_FOLDERS)} folders", file=name)

@@ -9,6 +9,7 @@ quantized right there, so no full-precision copy of the whole model ever exists.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -67,6 +68,9 @@ class LoadPlan:
     backend: str
     per_row_quant: bool
     warnings: list[str] = field(default_factory=list)
+    # (device, inode, size, mtime_ns) of the file when planned: iter_load refuses a file replaced
+    # or rewritten since, whose header would no longer describe its bytes.
+    file_identity: tuple | None = None
 
     def layer(self, name: str) -> LayerPlan:
         return next(lp for lp in self.layers if lp.name == name)
@@ -90,6 +94,10 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
         # the model does not have is reported as unexpected, not mistaken for a layer.
         linear_shapes = _config_shapes(index, config_warnings)
     with open(path, "rb") as f:
+        identity = _file_identity(f, path)
+        if identity[2] != index.file_size:
+            raise CheckpointError(f"the file changed on disk while it was being planned ({index.file_size} "
+                                  f"bytes when its header was read, {identity[2]} now)", file=path)
         contents = classify(index, f, set(linear_shapes) if linear_shapes else None)
         contents.warnings[:0] = config_warnings
         _refuse_unexpected(contents, allow_unexpected)
@@ -102,7 +110,12 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
         resolved_backend = resolve_backend(backend)
     _note_fallbacks(layers, warnings, caps)
     return LoadPlan(path, index, contents, layout, layers, policy, caps, compute_dtype, activation,
-                    resolved_backend, per_row_quant, warnings)
+                    resolved_backend, per_row_quant, warnings, identity)
+
+
+def _file_identity(f, path: str) -> tuple:
+    st = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _config_shapes(index: HeaderIndex, warnings: list[str]):
@@ -289,6 +302,10 @@ def iter_load(plan: LoadPlan, device="cpu", names: set[str] | None = None,
     items += [(info.begin, name, info) for name, info in plan.contents.tensors.items()]
     items.sort(key=lambda t: t[0])  # file order: sequential reads
     with open(plan.path, "rb") as f:
+        if plan.file_identity is not None and _file_identity(f, plan.path) != plan.file_identity:
+            raise CheckpointError("the file changed on disk since its load was planned (size, mtime or inode "
+                                  "differ); its header no longer describes its bytes, load it again",
+                                  file=plan.path)
         for _, name, item in items:
             if names is not None and name not in names:
                 continue

@@ -86,3 +86,30 @@ def make_host(request):
     yield _make
     for h in started:
         h.stop()
+
+
+# ---- figures: counts and measurements that a report quotes ---------------------------------------
+FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """`figures(section, line)`: a line shown in the run's terminal summary ("figures") and kept in
+    test-artifacts/figures.txt, e.g. fuzz case counts or measured RSS margins."""
+    def add(section: str, line: str) -> None:
+        FIGURES.append((section, line))
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("figures")
+    lines = []
+    for section in dict.fromkeys(s for s, _ in FIGURES):
+        lines.append(f"[{section}]")
+        lines += [f"  {line}" for s, line in FIGURES if s == section]
+    for line in lines:
+        terminalreporter.write_line(line)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "figures.txt").write_text("\n".join(lines) + "\n")

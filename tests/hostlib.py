@@ -122,6 +122,12 @@ class Host:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def rss(self) -> int:
+        """Resident memory of the host process now, in bytes (psutil, from the venv)."""
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss
+
     def model_dir(self, kind: str) -> Path:
         d = self.models_dir / kind
         d.mkdir(parents=True, exist_ok=True)
