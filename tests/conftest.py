@@ -113,3 +113,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "figures.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: OpenMP threads cost more than they give (about 10x on a busy 2-core
+    machine). For a module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

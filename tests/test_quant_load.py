@@ -37,14 +37,7 @@ FP8_FLOOR = (0.005, 0.05)
 FULL_MAX = 0.01
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: OpenMP threads cost more than they give (about 10x on a busy
-    2-core machine). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

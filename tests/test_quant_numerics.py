@@ -40,14 +40,7 @@ DTYPES = [torch.bfloat16, torch.float32, torch.float16]
 DT_IDS = ["bf16", "fp32", "fp16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: OpenMP threads cost more than they give (about 10x on a busy
-    2-core machine). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # (key, [out, in]) of the TINY model: non-square both ways, square, audio-width.
 LAYERS = ["transformer_blocks.1.ff.net.0.proj",   # [256, 64]

@@ -33,14 +33,7 @@ K = "transformer_blocks.1.attn1.to_k"   # a quantized layer of the default fp8 f
 HEADER_STAGE = set(LF.BREAKAGES) - {"nan_codes"}   # found from the header and scales alone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: OpenMP threads cost more than they give (about 10x on a busy
-    2-core machine). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def load_all(path, policy="auto", **kw):
