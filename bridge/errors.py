@@ -10,6 +10,7 @@ import comfy.model_management
 
 from ..quant.ltx2_shapes import is_sensitive
 from ..quant.policy import Policy
+from ..quant.report import layer_weight_bytes, other_tensor_bytes
 
 _OOM_PRESETS = ("bf16", "fp8-cast")  # scaled-mm holds the same bytes as fp8-cast
 
@@ -42,16 +43,10 @@ def weight_bytes_by_preset(plan) -> dict[str, int]:
     """Estimated bytes of the loaded model's weights if the file were loaded with each preset (no
     rules): fp8 layers 1 byte per weight + fp32 scales, bf16 layers the compute dtype's size, the
     other tensors and biases in the compute dtype. Also `"requested"`: with the plan's policy."""
-    item = plan.compute_dtype.itemsize
-    other = sum(i.numel for i in plan.contents.tensors.values()) * item
-    other += sum(lp.src.bias.numel for lp in plan.layers if lp.src.bias is not None) * item
+    other = other_tensor_bytes(plan)
 
     def layer_bytes(lp, mode: str) -> int:
-        out_f, in_f = lp.out_in
-        if mode == "bf16":
-            return out_f * in_f * item
-        rows = out_f if (lp.scale is not None and lp.scale.dim() == 1) or plan.per_row_quant else 1
-        return out_f * in_f + 4 * rows + (4 if lp.input_scale is not None else 0)
+        return layer_weight_bytes(lp, plan.compute_dtype, mode, plan.per_row_quant)
 
     out = {"requested": other + sum(layer_bytes(lp, lp.mode) for lp in plan.layers)}
     for preset in _OOM_PRESETS:

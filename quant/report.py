@@ -17,14 +17,24 @@ def _scalar_or_list(t: torch.Tensor | None):
     return t.item() if t.dim() == 0 else t.tolist()
 
 
-def layer_weight_bytes(lp: LayerPlan, compute_dtype: torch.dtype) -> int:
-    """Bytes the weight (+ its scales) will hold once loaded: 1 per fp8 parameter + fp32 scales."""
+def layer_weight_bytes(lp: LayerPlan, compute_dtype: torch.dtype, mode: str | None = None,
+                       per_row_quant: bool = False) -> int:
+    """Bytes the weight (+ its scales) will hold once loaded in `mode` (default: the planned one):
+    1 per fp8 parameter + fp32 scales, else the compute dtype's size."""
     out_f, in_f = lp.out_in
     n = out_f * in_f
-    if lp.mode == "bf16":
+    if (mode or lp.mode) == "bf16":
         return n * compute_dtype.itemsize
-    scale_n = out_f if (lp.scale is not None and lp.scale.dim() == 1) else 1
-    return n + 4 * scale_n + (4 if lp.input_scale is not None else 0)
+    per_row = (lp.scale is not None and lp.scale.dim() == 1) or (lp.scale is None and per_row_quant)
+    return n + 4 * (out_f if per_row else 1) + (4 if lp.input_scale is not None else 0)
+
+
+def other_tensor_bytes(plan: LoadPlan) -> int:
+    """Biases and the non-linear tensors (norms, scale-shift tables, registers), as loaded."""
+    item = plan.compute_dtype.itemsize
+    other = sum(i.numel * (item if i.dtype in ("BF16", "F16", "F32", "F64") else i.nbytes // max(i.numel, 1))
+                for i in plan.contents.tensors.values())
+    return other + sum(lp.src.bias.numel * item for lp in plan.layers if lp.src.bias)
 
 
 def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
@@ -44,7 +54,7 @@ def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
         "input_scale": _scalar_or_list(lp.input_scale),
         "activation_scale": ("static" if (plan.activation == "static" and lp.input_scale is not None)
                              else "dynamic") if lp.mode == "scaled-mm" else None,
-        "bytes": layer_weight_bytes(lp, plan.compute_dtype),
+        "bytes": layer_weight_bytes(lp, plan.compute_dtype, per_row_quant=plan.per_row_quant),
         "note": lp.note,
     }
 
@@ -56,10 +66,7 @@ def build_report(plan: LoadPlan) -> dict:
     for r in rows:
         bytes_by_mode[r["mode"]] += r["bytes"]
         layers_by_mode[r["mode"]] += 1
-    other_bytes = sum(i.numel * (plan.compute_dtype.itemsize if i.dtype in ("BF16", "F16", "F32", "F64")
-                                 else i.nbytes // max(i.numel, 1))
-                      for i in plan.contents.tensors.values())
-    bias_bytes = sum(lp.src.bias.numel * plan.compute_dtype.itemsize for lp in plan.layers if lp.src.bias)
+    other_bytes = other_tensor_bytes(plan)
     passengers = {g: {"keys": len(keys), "bytes": sum(plan.index.tensors[k].nbytes for k in keys)}
                   for g, keys in plan.contents.passengers.items()}
     encodings = Counter(r["encoding"] for r in rows)
@@ -77,8 +84,8 @@ def build_report(plan: LoadPlan) -> dict:
         "layers": rows,
         "layers_by_mode": dict(layers_by_mode),
         "bytes_by_mode": dict(bytes_by_mode),
-        "other_tensor_bytes": other_bytes + bias_bytes,
-        "total_bytes": sum(bytes_by_mode.values()) + other_bytes + bias_bytes,
+        "other_tensor_bytes": other_bytes,
+        "total_bytes": sum(bytes_by_mode.values()) + other_bytes,
         "passengers": passengers,
         "markers": plan.contents.markers,
         "unexpected": plan.contents.unexpected,
