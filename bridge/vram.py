@@ -40,11 +40,10 @@ def model_stats(patcher, label: str) -> dict:
     linears = model_view.linears(patcher)
     linear_ids = {id(m) for m in model_view.original_linears(patcher).values()}
     for name, m in linears.items():
-        mode = getattr(m, "quant_mode", None) or "bf16"
-        if getattr(m, "weight_scale", None) is None and mode != "bf16":
-            mode = "bf16"
-        if m.weight is not None and m.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and getattr(m, "weight_scale", None) is None:
-            mode = "host-fp8"  # the host's own fp8 storage (no scale of ours)
+        ours_fp8 = getattr(m, "weight_scale", None) is not None
+        mode = m.quant_mode if ours_fp8 else "bf16"
+        if not ours_fp8 and m.weight is not None and m.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            mode = "host-fp8"  # the host's own fp8 storage (a model from its loaders), no scale of ours
         layers[mode] += 1
         add(m.weight, mode)
         add(getattr(m, "weight_scale", None), mode)
@@ -68,9 +67,6 @@ def model_stats(patcher, label: str) -> dict:
         "loaded": any(lm.model is patcher for lm in mm.current_loaded_models),
         "host_loaded_bytes": patcher.loaded_size(),
     }
-
-
-_last_peak_reset = {"done": False}
 
 
 def device_stats(device=None) -> dict:
