@@ -241,3 +241,43 @@ def test_apply_policy_leaves_the_input_model_unchanged(host, assets):
     report = entry["outputs"]["50"]["ltx_fp8"][0]
     summary = json.loads(report)
     assert summary["changed"], summary
+
+
+def test_apply_policy_on_a_model_from_the_hosts_own_loader(host, assets):
+    """Apply Quant Policy takes a MODEL from the host's UNETLoader (a bf16 LTX file) and runs it as
+    fp8-cast: the sampled latents agree with the host's bf16 model at the fp8-cast floor (the same
+    tolerance as our loader's fp8-cast), are not identical to it, and the VRAM report shows the
+    block linears quantized at 1 byte per weight."""
+    import shutil
+
+    name = "host_loaded_" + demo.DEMO_BF16
+    shutil.copyfile(assets["bf16"], host.model_dir("diffusion_models") / name)
+
+    def prompt(with_policy: bool, tag: str) -> dict:
+        p = _single_prompt(tag=tag)
+        p["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}
+        model = ["1", 0]
+        if with_policy:
+            p["90"] = {"class_type": "LTXFP8ApplyQuantPolicy", "inputs": {"model": ["1", 0], "policy": "fp8-cast"}}
+            p["91"] = {"class_type": "LTXFP8VRAMReport", "inputs": {"model": ["90", 0]}}
+            model = ["90", 0]
+        for node in p.values():
+            for k, v in node["inputs"].items():
+                if v == ["1", 0] and node is not p.get("90"):
+                    node["inputs"][k] = model
+        return p
+
+    p_bf16, p_fp8 = prompt(False, "host_bf16"), prompt(True, "host_fp8cast")
+    e_bf16, e_fp8 = host.run_prompt(p_bf16), host.run_prompt(p_fp8)
+    ref, got = _latents(host, p_bf16, e_bf16), _latents(host, p_fp8, e_fp8)
+    errs = demo.av_rel_err(next(iter(got.values())), next(iter(ref.values())))
+    assert all(1e-4 < e < TOL["fp8-cast"] for e in errs.values()), errs
+
+    report = json.loads(e_fp8["outputs"]["91"]["ltx_fp8_vram"][0])["models"][0]
+    from quant.ltx2_shapes import expected_linear_shapes
+    block_linears = [n for n in expected_linear_shapes(TINY) if n.startswith("transformer_blocks.")]
+    # The preset quantizes every block linear; the host's bf16 non-block layers stay as they are.
+    assert report["layers_by_mode"].get("fp8-cast") == len(block_linears), report["layers_by_mode"]
+    fp8_weights = sum(o * i for n, (o, i) in expected_linear_shapes(TINY).items() if n in block_linears)
+    assert report["weight_bytes_by_dtype"].get("float8_e4m3fn") == fp8_weights
+    print(f"host UNETLoader bf16 -> Apply Quant Policy fp8-cast vs host bf16: {errs}")
