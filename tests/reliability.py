@@ -97,15 +97,10 @@ def sample_prompt(name: str, policy: str = "auto", tag: str = "rel", steps: int 
     loader, 21 the sampler, 41 / 42 the SaveLatent nodes; no VRAM report."""
     from tools import demo
 
-    p = demo.load_api_workflow("ltx_fp8_single")
-    p["1"]["inputs"].update(ckpt_name=name, policy=policy, rules="")
+    p = demo.single_prompt(tag, ckpt_name=name, policy=policy, rules="")
     p["12"]["inputs"].update(width=width, height=height, length=length)
     p["13"]["inputs"]["frames_number"] = length
     p["21"]["inputs"].update(steps=steps, seed=seed)
-    p["40"]["inputs"]["av_latent"] = ["21", 0]
-    del p["30"]
-    p["41"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_video"
-    p["42"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_audio"
     return p
 
 

@@ -62,14 +62,7 @@ def runs(host, assets):
 
 
 def _single_prompt(policy="auto", rules="", tag="x"):
-    """The single workflow without its VRAM report, saving under `tag`."""
-    p = demo.load_api_workflow("ltx_fp8_single")
-    p["1"]["inputs"].update(policy=policy, rules=rules)
-    p["40"]["inputs"]["av_latent"] = ["21", 0]
-    del p["30"]
-    p["41"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_video"
-    p["42"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_audio"
-    return p
+    return demo.single_prompt(tag, policy=policy, rules=rules)
 
 
 def _latents(host, prompt, entry):

@@ -144,6 +144,19 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((API_WORKFLOWS / f"{name}.json").read_text())
 
 
+def single_prompt(tag: str, **loader_inputs) -> dict:
+    """The single example workflow without its VRAM report, saving its latents as
+    ltx_fp8/<tag>_video|audio; `loader_inputs` update node 1 (the loader). Node 12 / 13 are the
+    empty latents, 21 the sampler, 41 / 42 the SaveLatent nodes."""
+    p = load_api_workflow("ltx_fp8_single")
+    p["1"]["inputs"].update(loader_inputs)
+    p["40"]["inputs"]["av_latent"] = ["21", 0]
+    del p["30"]
+    p["41"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_video"
+    p["42"]["inputs"]["filename_prefix"] = f"ltx_fp8/{tag}_audio"
+    return p
+
+
 def ancestors(prompt: dict, node_ids) -> set[str]:
     seen, todo = set(), list(node_ids)
     while todo:
