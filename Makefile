@@ -4,7 +4,8 @@
 #   make run                     set up, demo bundle + example workflows, keep serving on :$(PORT)
 #   make demo-check              the same demo, exiting after the printed reports and table
 #   make workflows               regenerate example_workflows/*.json from example_workflows/api/
-#   make test                    set up, then all tests (PYTEST_ARGS="-k smoke" to narrow)
+#   make lint                    ruff check + ruff format --check (part of make test)
+#   make test                    set up, then lint and all tests (PYTEST_ARGS="-k smoke" to narrow)
 #   make serve PORT=8188 ARGS="--verbose DEBUG"   the host with the pack, in the foreground
 #   make bench [QUICK=1]         benchmarks (bench/): bench/results.json, BENCHMARKS.md, bench/plots/
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ PYTEST_TIMEOUT ?= 1800
 BENCH_ARGS ?=
 PY := .venv/bin/python
 
-.PHONY: help setup test serve run demo-check workflows bench clean-work
+.PHONY: help setup lint test serve run demo-check workflows bench clean-work
 
 help:
 	@echo "make run | test | serve [PORT=8188 ARGS=...] | demo-check | workflows | bench [QUICK=1] | setup"
@@ -26,8 +27,13 @@ help:
 setup:
 	@bash tools/bootstrap.sh
 
+# ruff (pinned in requirements-dev.txt, configured in pyproject.toml): lint + format check.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 # pytest exit codes all fail the target, 5 (no tests collected) included.
-test: setup
+test: setup lint
 	$(PY) -m pytest tests -q --durations=15 --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
 
 serve: setup

@@ -4,6 +4,7 @@ Imports no torch at module level: the orchestrator stays small, so the workers i
 measured from a clean slate (each load runs in a fresh `python -m bench.worker`; peak RSS is that
 process's own `VmHWM`, with `ru_maxrss` beside it).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -24,6 +25,7 @@ NOT_MEASURED_GPU = "not measured (no GPU in this session)"
 
 
 # -- memory probes ----------------------------------------------------------------------------------
+
 
 def rss_now() -> int:
     """Current resident set size of this process, bytes (/proc/self/statm)."""
@@ -57,7 +59,7 @@ class RssSampler:
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self._t0 = time.perf_counter()
         self._thread.start()
         return self
@@ -72,7 +74,7 @@ class RssSampler:
         finally:
             os.close(fd)
 
-    def stop(self) -> "RssSampler":
+    def stop(self) -> RssSampler:
         self._stop.set()
         self._thread.join()
         return self
@@ -92,13 +94,14 @@ class RssSampler:
         step = len(s) / max_points
         out = []
         for i in range(max_points):
-            chunk = s[int(i * step):int((i + 1) * step)] or [s[-1]]
+            chunk = s[int(i * step) : int((i + 1) * step)] or [s[-1]]
             t, r = max(chunk, key=lambda p: p[1])
             out.append([round(t, 4), r])
         return out
 
 
 # -- files ----------------------------------------------------------------------------------------
+
 
 def warm_read(path: str, bufsize: int = 64 << 20) -> dict:
     """Read the whole file once into a reused buffer, so every timed load starts from a warm page
@@ -117,6 +120,7 @@ def warm_read(path: str, bufsize: int = 64 << 20) -> dict:
 
 
 # -- machine ---------------------------------------------------------------------------------------
+
 
 def _cpu_model() -> str:
     try:
@@ -175,7 +179,9 @@ def host_available() -> bool:
 
 def _git_head() -> str | None:
     try:
-        r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -201,6 +207,7 @@ def machine_info() -> dict:
 
 # -- subprocess workers ------------------------------------------------------------------------------
 
+
 def emit(result: dict) -> None:
     """A worker's last word: one marked JSON line on stdout (logs may surround it)."""
     sys.stdout.write("\n" + RESULT_MARK + json.dumps(result) + "\n")
@@ -217,19 +224,23 @@ def run_module(module: str, spec: dict, timeout: float = 1800, env: dict | None 
         e.update(env)
     t = time.perf_counter()
     try:
-        p = subprocess.run([PY, "-m", module, json.dumps(spec)], cwd=REPO, env=e, capture_output=True,
-                           text=True, timeout=timeout)
+        p = subprocess.run(
+            [PY, "-m", module, json.dumps(spec)], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "spec": spec}
     wall = time.perf_counter() - t
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            out = json.loads(line[len(RESULT_MARK):])
+            out = json.loads(line[len(RESULT_MARK) :])
             out.setdefault("process_wall_s", wall)
             return out
     tail = (p.stderr or p.stdout or "")[-3000:]
-    return {"error": f"exit {p.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}",
-            "stderr_tail": tail, "spec": spec}
+    return {
+        "error": f"exit {p.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}",
+        "stderr_tail": tail,
+        "spec": spec,
+    }
 
 
 def run_worker(spec: dict, timeout: float = 1800) -> dict:

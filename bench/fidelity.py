@@ -15,6 +15,7 @@ in each mode, scaled-mm with the static (file) and dynamic activation scale; and
 `comfy.sd.load_diffusion_model` on the ltx-core file (scales dropped: the seed-001 bug) and on the
 comfy-native-header file. Errors are `||out - ref|| / ||ref||`, video and audio outputs apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,13 @@ def rel(a, b) -> float:
 
 def run(spec: dict) -> dict:
     from .hostenv import import_pack
+
     pack = import_pack()
-    import torch
     import comfy.sd
+    import torch
+
     from tools import ltx2_fixture as F
+
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
 
@@ -46,8 +50,15 @@ def run(spec: dict) -> dict:
     seed = 11
     fx = {}
     for enc in ("bf16", "ltx-core", "comfy-native-header"):
-        fx[enc] = F.write_checkpoint(os.path.join(work, f"tiny-{enc}.safetensors"), cfg, enc, seed=seed,
-                                     prefix="", passengers=False, bf16_blocks=())
+        fx[enc] = F.write_checkpoint(
+            os.path.join(work, f"tiny-{enc}.safetensors"),
+            cfg,
+            enc,
+            seed=seed,
+            prefix="",
+            passengers=False,
+            bf16_blocks=(),
+        )
     quantized = sorted(fx["ltx-core"].quantized)
 
     g = torch.Generator().manual_seed(1234)
@@ -79,52 +90,82 @@ def run(spec: dict) -> dict:
     rows = []
 
     def add(source, label, mode, out, dtype, seconds, note=""):
-        rows.append({
-            "source": source, "label": label, "mode": mode, "compute_dtype": str(dtype).replace("torch.", ""),
-            "video_err_vs_original": rel(out[0], original[0]), "audio_err_vs_original": rel(out[1], original[1]),
-            "video_err_vs_dequantized": rel(out[0], dequantized[0]),
-            "audio_err_vs_dequantized": rel(out[1], dequantized[1]),
-            "finite": bool(all(torch.isfinite(o).all() for o in out)), "load_s": seconds, "note": note,
-        })
+        rows.append(
+            {
+                "source": source,
+                "label": label,
+                "mode": mode,
+                "compute_dtype": str(dtype).replace("torch.", ""),
+                "video_err_vs_original": rel(out[0], original[0]),
+                "audio_err_vs_original": rel(out[1], original[1]),
+                "video_err_vs_dequantized": rel(out[0], dequantized[0]),
+                "audio_err_vs_dequantized": rel(out[1], dequantized[1]),
+                "finite": bool(all(torch.isfinite(o).all() for o in out)),
+                "load_s": seconds,
+                "note": note,
+            }
+        )
 
     plan_checkpoint = pack.quant.loader.plan_checkpoint
     build = pack.bridge.host_model.build_model_patcher
     cpu = torch.device("cpu")
-    for label, policy, activation in (("pack auto (CPU: fp8-cast)", "auto", "static"),
-                                      ("pack fp8-cast", "fp8-cast", "static"),
-                                      ("pack scaled-mm (static input scale)", "scaled-mm", "static"),
-                                      ("pack scaled-mm (dynamic input scale)", "scaled-mm", "dynamic"),
-                                      ("pack bf16 (dequantized at load)", "bf16", "static")):
+    for label, policy, activation in (
+        ("pack auto (CPU: fp8-cast)", "auto", "static"),
+        ("pack fp8-cast", "fp8-cast", "static"),
+        ("pack scaled-mm (static input scale)", "scaled-mm", "static"),
+        ("pack scaled-mm (dynamic input scale)", "scaled-mm", "dynamic"),
+        ("pack bf16 (dequantized at load)", "bf16", "static"),
+    ):
         t = time.perf_counter()
         plan = plan_checkpoint(fx["ltx-core"].path, policy, activation=activation)
         dm = build(plan, load_device=cpu, offload_device=cpu).model.diffusion_model
         secs = time.perf_counter() - t
         modes = sorted({lp.mode for lp in plan.layers if lp.name in set(quantized)})
         out, dt = forward(dm)
-        add("pack", label, "/".join(modes), out, dt, secs,
-            f"{len(quantized)} fp8 layers ran as {', '.join(modes)}")
+        add("pack", label, "/".join(modes), out, dt, secs, f"{len(quantized)} fp8 layers ran as {', '.join(modes)}")
         del dm
 
     t = time.perf_counter()
     dm = host_model(fx["ltx-core"].path)
     secs = time.perf_counter() - t
     w = dm.get_submodule(quantized[0]).weight
-    werr = rel(w.float() if not hasattr(w, "dequantize") else w.dequantize().float(), fx["bf16"].reference(quantized[0]).float())
+    werr = rel(
+        w.float() if not hasattr(w, "dequantize") else w.dequantize().float(),
+        fx["bf16"].reference(quantized[0]).float(),
+    )
     out, dt = forward(dm)
-    add("host", "host loader, ltx-core file (no quant metadata)", "host", out, dt, secs,
-        f"scales dropped as unexpected keys: weight rel. error of {quantized[0]} = {werr:.3g}")
+    add(
+        "host",
+        "host loader, ltx-core file (no quant metadata)",
+        "host",
+        out,
+        dt,
+        secs,
+        f"scales dropped as unexpected keys: weight rel. error of {quantized[0]} = {werr:.3g}",
+    )
     del dm
     t = time.perf_counter()
     dm = host_model(fx["comfy-native-header"].path)
     secs = time.perf_counter() - t
     w = dm.get_submodule(quantized[0]).weight
     out, dt = forward(dm)
-    add("host", "host loader, comfy-native-header file", "host", out, dt, secs,
-        "loaded as fp8" if hasattr(w, "dequantize") else f"weight dtype {w.dtype}")
+    add(
+        "host",
+        "host loader, comfy-native-header file",
+        "host",
+        out,
+        dt,
+        secs,
+        "loaded as fp8" if hasattr(w, "dequantize") else f"weight dtype {w.dtype}",
+    )
     del dm
-    return {"config": "tools.ltx2_fixture.TINY (2 blocks, both fp8; other layers bf16)",
-            "quantized_layers": len(quantized), "seed": seed, "rows": rows,
-            "input_shapes": {"video": list(vx.shape), "audio": list(ax.shape), "context": list(ctx.shape)}}
+    return {
+        "config": "tools.ltx2_fixture.TINY (2 blocks, both fp8; other layers bf16)",
+        "quantized_layers": len(quantized),
+        "seed": seed,
+        "rows": rows,
+        "input_shapes": {"video": list(vx.shape), "audio": list(ax.shape), "context": list(ctx.shape)},
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ passengers), every block quantized:
 - `comfy-native-header`: the same + the header's `_quantization_metadata` (what the host loads);
 - `bf16`: everything bf16 (the on-the-fly quantization input).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ SEED = 0
 
 def profile_config(profile: dict) -> dict:
     from tools import ltx2_fixture as F
+
     base = getattr(F, profile["base"])
     return F.config(base, num_layers=profile["num_layers"], connector_num_layers=profile["connector_num_layers"])
 
@@ -65,10 +67,16 @@ def ensure_files(workdir: str, profile: dict) -> dict:
         path = os.path.join(d, f"{enc}.safetensors")
         t = time.perf_counter()
         fx = F.write_checkpoint(path, cfg, enc, seed=SEED, prefix="", bf16_blocks=(), passengers=False)
-        files[enc] = {"path": path, "bytes": os.path.getsize(path), "seconds": time.perf_counter() - t,
-                      "quantized_layers": len(fx.quantized), "tensors": len(fx.keys)}
-        sys.stderr.write(f"[bench files] wrote {path} ({files[enc]['bytes'] / 1e9:.2f} GB, "
-                         f"{files[enc]['seconds']:.0f} s)\n")
+        files[enc] = {
+            "path": path,
+            "bytes": os.path.getsize(path),
+            "seconds": time.perf_counter() - t,
+            "quantized_layers": len(fx.quantized),
+            "tensors": len(fx.keys),
+        }
+        sys.stderr.write(
+            f"[bench files] wrote {path} ({files[enc]['bytes'] / 1e9:.2f} GB, {files[enc]['seconds']:.0f} s)\n"
+        )
     m = {"config": cfg, "seed": SEED, "files": files}
     with open(mpath, "w") as f:
         json.dump(m, f, indent=1)
@@ -78,6 +86,7 @@ def ensure_files(workdir: str, profile: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     from .common import emit
+
     spec = json.loads(argv[0])
     emit(ensure_files(spec["workdir"], spec["profile"]))
     return 0

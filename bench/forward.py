@@ -14,6 +14,7 @@ a (subject, tokens) group repeats until `max_reps` or until its time budget is s
 rep); the median is reported with every sample. Every linear of a subject sees the same token
 count (video and audio linears alike).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,19 @@ FF = ("ff.net.0.proj", "ff.net.2")
 def _load_block(path: str, policy: str, dtype, device, block: int = 0):
     from quant.linear import QuantLinear
     from quant.loader import iter_load, plan_checkpoint
+
     plan = plan_checkpoint(path, policy, compute_dtype=dtype, device=device)
     prefix = f"transformer_blocks.{block}."
     names = {lp.name for lp in plan.layers if lp.name.startswith(prefix)}
     mods = {}
     for name, layer in iter_load(plan, device, names=names):
-        mods[name[len(prefix):]] = QuantLinear(layer, activation=plan.activation, backend="torch")
+        mods[name[len(prefix) :]] = QuantLinear(layer, activation=plan.activation, backend="torch")
     return dict(sorted(mods.items())), plan
 
 
 def run(spec: dict) -> dict:
     import torch
+
     threads = spec.get("threads") or os.cpu_count()
     torch.set_num_threads(threads)
     device = spec.get("device", "cpu")
@@ -107,7 +110,7 @@ def run(spec: dict) -> dict:
 
     # Warm-up: each configuration once, on the smallest token count of a single linear.
     wt = min(prof["linear_tokens"])
-    for label, mode, dn in configs:
+    for _label, mode, dn in configs:
         call(FF[0], mode, dn, wt)
 
     rows = []
@@ -121,14 +124,20 @@ def run(spec: dict) -> dict:
             # torch's CPU _scaled_mm is a reference kernel (no fp8 units): measured on the block at
             # the smallest token count and on the single linears only, to keep the run short.
             group_cfgs = [c for c in configs if c[1] != "scaled-mm"]
-            skipped_configs.append({"subject": subject, "tokens": tokens, "mode": "scaled-mm",
-                                    "reason": "not measured: CPU _scaled_mm on the whole block only at "
-                                              f"{min(prof['block_tokens'])} tokens (slow reference kernel; "
-                                              "the single FF linears have it at every token count)"})
+            skipped_configs.append(
+                {
+                    "subject": subject,
+                    "tokens": tokens,
+                    "mode": "scaled-mm",
+                    "reason": "not measured: CPU _scaled_mm on the whole block only at "
+                    f"{min(prof['block_tokens'])} tokens (slow reference kernel; "
+                    "the single FF linears have it at every token count)",
+                }
+            )
         samples = {label: [] for label, _, _ in group_cfgs}
         peaks = {label: None for label, _, _ in group_cfgs}
         t0 = time.perf_counter()
-        for rep in range(prof["forward_max_reps"]):
+        for _rep in range(prof["forward_max_reps"]):
             for label, mode, dn in group_cfgs:
                 dt, peak = call(subject, mode, dn, tokens)
                 samples[label].append(dt)
@@ -143,19 +152,43 @@ def run(spec: dict) -> dict:
         ref = {dn: statistics.median(samples[f"full-precision/{dn}"]) for dn in dtypes}
         for label, mode, dn in group_cfgs:
             med = statistics.median(samples[label])
-            rows.append({
-                "subject": subject, "tokens": tokens, "mode": mode, "dtype": dn, "label": label,
-                "shape": shapes[subject] if subject != "block" else None, "linears": len(layers),
-                "params": sum(params[n] for n in layers), "median_s": med, "samples_s": samples[label],
-                "reps": len(samples[label]), "gflops": flops / med / 1e9,
-                "ratio_to_full": med / ref[dn], "reference": f"full-precision/{dn}",
-                "cuda_peak_bytes": peaks[label], "cuda_block_weight_bytes": mods_cache.get(("cuda-bytes", mode, dn)),
-                "ran_as": mods_cache[("ran-as", mode, dn)],
-            })
-        sys.stderr.write(f"[bench forward] {subject} @ {tokens}: " + ", ".join(
-            f"{r['label']} {r['median_s']:.3f}s x{r['ratio_to_full']:.2f}" for r in rows[-len(group_cfgs):]) + "\n")
-    skipped = [{"subject": "block", "tokens": t, "reason": "not measured: too slow for this run on this CPU "
-                "(one fp32 pass of a real-width block is ~2 * 387M * tokens FLOPs)"} for t in prof["skipped_block_tokens"]]
+            rows.append(
+                {
+                    "subject": subject,
+                    "tokens": tokens,
+                    "mode": mode,
+                    "dtype": dn,
+                    "label": label,
+                    "shape": shapes[subject] if subject != "block" else None,
+                    "linears": len(layers),
+                    "params": sum(params[n] for n in layers),
+                    "median_s": med,
+                    "samples_s": samples[label],
+                    "reps": len(samples[label]),
+                    "gflops": flops / med / 1e9,
+                    "ratio_to_full": med / ref[dn],
+                    "reference": f"full-precision/{dn}",
+                    "cuda_peak_bytes": peaks[label],
+                    "cuda_block_weight_bytes": mods_cache.get(("cuda-bytes", mode, dn)),
+                    "ran_as": mods_cache[("ran-as", mode, dn)],
+                }
+            )
+        sys.stderr.write(
+            f"[bench forward] {subject} @ {tokens}: "
+            + ", ".join(
+                f"{r['label']} {r['median_s']:.3f}s x{r['ratio_to_full']:.2f}" for r in rows[-len(group_cfgs) :]
+            )
+            + "\n"
+        )
+    skipped = [
+        {
+            "subject": "block",
+            "tokens": t,
+            "reason": "not measured: too slow for this run on this CPU "
+            "(one fp32 pass of a real-width block is ~2 * 387M * tokens FLOPs)",
+        }
+        for t in prof["skipped_block_tokens"]
+    ]
     skipped += skipped_configs
     profiles = {}
     if not cuda:
@@ -166,16 +199,25 @@ def run(spec: dict) -> dict:
             m = mods_cache[("full-precision", dn)][FF[0]]
             profiles[f"full-precision/{dn} {FF[0]} @ {t}"] = op_profile(m, x_for(m.in_features, t, dn))
     breakdown = load_breakdown(path) if not cuda else None
-    return {"device": device, "threads": threads, "dtypes": dtypes, "layer_load_s": load_s,
-            "op_profiles": profiles, "load_breakdown": breakdown,
-            "block_shapes": shapes, "rows": rows, "skipped": skipped,
-            "configs": [c[0] for c in configs]}
+    return {
+        "device": device,
+        "threads": threads,
+        "dtypes": dtypes,
+        "layer_load_s": load_s,
+        "op_profiles": profiles,
+        "load_breakdown": breakdown,
+        "block_shapes": shapes,
+        "rows": rows,
+        "skipped": skipped,
+        "configs": [c[0] for c in configs],
+    }
 
 
 def op_profile(mod, x, reps: int = 1) -> list[dict]:
     """torch.profiler: the top ops of one forward call by self CPU time."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
     with torch.inference_mode():
         mod(x)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -190,9 +232,11 @@ def op_profile(mod, x, reps: int = 1) -> list[dict]:
 def load_breakdown(path: str, layer: str = "transformer_blocks.0.ff.net.0.proj", reps: int = 3) -> dict:
     """Where a load's time goes, per step, on the largest fp8 weight (median of `reps`)."""
     import torch
+
     from quant.fp8 import check_codes, dequantize, quantize
     from quant.loader import plan_checkpoint
     from quant.safetensors_header import read_tensor
+
     plan = plan_checkpoint(path, "fp8-cast")
     lp = plan.layer(layer)
     n = lp.out_in[0] * lp.out_in[1]
@@ -219,14 +263,21 @@ def load_breakdown(path: str, layer: str = "transformer_blocks.0.ff.net.0.proj",
         # (sign | exponent-mantissa << 20, then x 2^120; e4m3 subnormals land on fp32 subnormals).
         x = c.view(torch.int8).to(torch.int32)
         x.bitwise_left_shift_(20).bitwise_and_(-2014314496)  # 0x87F00000: sign + 7 bits
-        return x.view(torch.float32).mul_(2.0 ** 120)
+        return x.view(torch.float32).mul_(2.0**120)
 
     exact = torch.equal(by_bits(codes).view(torch.int32), codes.to(torch.float32).view(torch.int32))
     steps["fp8 -> float32 by integer bit ops (not used; reference)"] = t(lambda: by_bits(codes))
     steps["quantize a bf16 weight (on the fly)"] = t(lambda: quantize(bf16))
-    return {"layer": layer, "shape": list(lp.out_in), "params": n, "fp8_bytes": n, "bit_ops_exact": exact,
-            "steps_s": steps, "gb_per_s": {k: n / v / 1e9 for k, v in steps.items()},
-            "melem_per_s": {k: n / v / 1e6 for k, v in steps.items()}}
+    return {
+        "layer": layer,
+        "shape": list(lp.out_in),
+        "params": n,
+        "fp8_bytes": n,
+        "bit_ops_exact": exact,
+        "steps_s": steps,
+        "gb_per_s": {k: n / v / 1e9 for k, v in steps.items()},
+        "melem_per_s": {k: n / v / 1e6 for k, v in steps.items()},
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
 """The host and this pack in a bench process: see tools/host_inprocess.py."""
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@ replaced on every run; everything outside the markers (method, analysis) is hand
 A missing BENCHMARKS.md is created from a skeleton. `python -m bench.render RESULTS [--md ..]
 [--plots ..]` re-renders without measuring.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,20 +67,33 @@ def block_machine(r: dict) -> str:
     rows = [
         ["date", m.get("date_utc")],
         ["profile", f"`{p['name']}`" + (" (QUICK=1)" if p["name"] == "quick" else "")],
-        ["CPU", f"{m.get('cpu_model')}, {m.get('cpu_count')} cores ({', '.join(m.get('cpu_flags') or []) or 'no AVX-512/AMX flags'})"],
+        [
+            "CPU",
+            f"{m.get('cpu_model')}, {m.get('cpu_count')} cores "
+            f"({', '.join(m.get('cpu_flags') or []) or 'no AVX-512/AMX flags'})",
+        ],
         ["memory", _gb(m.get("mem_total_bytes"))],
         ["GPU", m.get("gpu") or "none (CUDA not available)"],
         ["torch", f"{m.get('torch')} ({m.get('torch_threads')} threads), safetensors {m.get('safetensors')}"],
         ["host", m.get("host")],
         ["Python / platform", f"{m.get('python')} / {m.get('platform')}"],
         ["pack commit", f"`{m.get('pack_commit')}` (+ the working tree)"],
-        ["load average (1/5/15 min)", f"start {' / '.join(f'{x:.2f}' for x in la0) if la0 else '-'}; "
-                                      f"end {' / '.join(f'{x:.2f}' for x in la1) if la1 else '-'}"],
-        ["checkpoints", ("LTX-2.3 22B widths (video 4096, audio 2048, FF 16384 / 8192)" if fc.get("base") == "REAL"
-                         else f"tiny widths ({fc.get('base')}: smoke run, numbers say nothing about speed)")
-                        + f", {fc.get('num_layers')} block(s) with all 34 linears fp8, "
-                        f"{fc.get('connector_num_layers')} connector layer(s): "
-                        + ", ".join(f"{k} {_gb(v['bytes'])}" for k, v in files.items())],
+        [
+            "load average (1/5/15 min)",
+            f"start {' / '.join(f'{x:.2f}' for x in la0) if la0 else '-'}; "
+            f"end {' / '.join(f'{x:.2f}' for x in la1) if la1 else '-'}",
+        ],
+        [
+            "checkpoints",
+            (
+                "LTX-2.3 22B widths (video 4096, audio 2048, FF 16384 / 8192)"
+                if fc.get("base") == "REAL"
+                else f"tiny widths ({fc.get('base')}: smoke run, numbers say nothing about speed)"
+            )
+            + f", {fc.get('num_layers')} block(s) with all 34 linears fp8, "
+            f"{fc.get('connector_num_layers')} connector layer(s): "
+            + ", ".join(f"{k} {_gb(v['bytes'])}" for k, v in files.items()),
+        ],
         ["run time", _s(r.get("elapsed_s"))],
     ]
     return _table(["", ""], rows)
@@ -100,15 +114,47 @@ def block_load(r: dict) -> str:
         if "median_s" not in x:
             rows.append([x["label"], "error: " + x.get("error", "")] + ["-"] * 10)
             continue
-        rows.append([x["label"], _s(x.get("best_s")), _s(x["median_s"]), x["reps"], _gb(x["bytes"]), f"{x['gb_per_s']:.2f}",
-                     _x(x.get("ratio_to_floor")), _x(x.get("ratio_to_read")), _x(x.get("ratio_to_host")),
-                     _gb(x["peak_over_baseline"]), _gb(x["vm_hwm"]), _gb(x.get("ru_maxrss"))])
+        rows.append(
+            [
+                x["label"],
+                _s(x.get("best_s")),
+                _s(x["median_s"]),
+                x["reps"],
+                _gb(x["bytes"]),
+                f"{x['gb_per_s']:.2f}",
+                _x(x.get("ratio_to_floor")),
+                _x(x.get("ratio_to_read")),
+                _x(x.get("ratio_to_host")),
+                _gb(x["peak_over_baseline"]),
+                _gb(x["vm_hwm"]),
+                _gb(x.get("ru_maxrss")),
+            ]
+        )
     warm = load.get("warm_read_gb_per_s", {})
     notes = "\n".join(f"- {n}" for n in load.get("notes", []))
-    return (_table(["load", "best wall", "median wall", "runs", "bytes read", "GB/s (best)", "x floor (safetensors)", "x plain read",
-                    "x host loader", "peak RSS over baseline", "peak RSS (VmHWM)", "ru_maxrss"], rows)
-            + "\n\nRatios are throughputs relative to the reference (> 1: faster). Warm-up reads of the files ran at "
-            + ", ".join(f"{k} {v:.2f} GB/s" for k, v in warm.items() if v) + ".\n" + notes)
+    return (
+        _table(
+            [
+                "load",
+                "best wall",
+                "median wall",
+                "runs",
+                "bytes read",
+                "GB/s (best)",
+                "x floor (safetensors)",
+                "x plain read",
+                "x host loader",
+                "peak RSS over baseline",
+                "peak RSS (VmHWM)",
+                "ru_maxrss",
+            ],
+            rows,
+        )
+        + "\n\nRatios are throughputs relative to the reference (> 1: faster). Warm-up reads of the files ran at "
+        + ", ".join(f"{k} {v:.2f} GB/s" for k, v in warm.items() if v)
+        + ".\n"
+        + notes
+    )
 
 
 def block_memory(r: dict) -> str:
@@ -118,25 +164,53 @@ def block_memory(r: dict) -> str:
         return err
     rows = []
     for x in mem["rows"]:
-        rows.append([x["label"], _gb(x["resident_bytes"]), _gb(x["theory_bytes"]), f"{x['theory_diff']:+.3%}",
-                     _gb(x.get("report_total_bytes")), _gb(x["largest_tensor_bytes"]), _gb(x["rss_bound"]),
-                     _gb(x["peak_over_baseline"]), f"{x['peak_over_baseline'] / x['rss_bound']:.2f}"])
-    out = _table(["load", "resident weights", "theory", "diff", "pack's report", "largest tensor",
-                  "bound: resident + 1.5x largest", "peak RSS over baseline", "peak / bound"], rows)
+        rows.append(
+            [
+                x["label"],
+                _gb(x["resident_bytes"]),
+                _gb(x["theory_bytes"]),
+                f"{x['theory_diff']:+.3%}",
+                _gb(x.get("report_total_bytes")),
+                _gb(x["largest_tensor_bytes"]),
+                _gb(x["rss_bound"]),
+                _gb(x["peak_over_baseline"]),
+                f"{x['peak_over_baseline'] / x['rss_bound']:.2f}",
+            ]
+        )
+    out = _table(
+        [
+            "load",
+            "resident weights",
+            "theory",
+            "diff",
+            "pack's report",
+            "largest tensor",
+            "bound: resident + 1.5x largest",
+            "peak RSS over baseline",
+            "peak / bound",
+        ],
+        rows,
+    )
     otf = mem.get("on_the_fly") or {}
     if otf.get("peak_over_baseline") is not None:
-        out += (f"\n\nOn-the-fly quantization of the bf16 file: peak RSS over baseline {_gb(otf['peak_over_baseline'])}"
-                f" against {_gb(otf['full_bf16_bytes'])} for the full bf16 model and {_gb(otf['resident_bytes'])} "
-                f"resident after the load (largest tensor {_gb(otf['largest_tensor_bytes'])}).")
+        out += (
+            f"\n\nOn-the-fly quantization of the bf16 file: peak RSS over baseline {_gb(otf['peak_over_baseline'])}"
+            f" against {_gb(otf['full_bf16_bytes'])} for the full bf16 model and {_gb(otf['resident_bytes'])} "
+            f"resident after the load (largest tensor {_gb(otf['largest_tensor_bytes'])})."
+        )
     extra = [x for x in r.get("load", {}).get("rows", []) if x["kind"] in ("host", "bridge") and "median_s" in x]
     for x in extra:
         dt = x.get("bytes_by_dtype") or {}
-        out += (f"\n\n{x['label']}: parameters and buffers hold {_gb(x.get('resident_bytes'))} "
-                f"({', '.join(f'{k} {_gb(v)}' for k, v in sorted(dt.items()) if k != 'error')}); peak RSS over "
-                f"baseline {_gb(x['peak_over_baseline'])} (RssAnon {_gb(x.get('rss_anon_after'))}, RssFile "
-                f"{_gb(x.get('rss_file_after'))} after the load).")
-    out += ("\n\nTheory: 1 byte per fp8 parameter + 4 bytes per fp32 scale (+ 4 for a static input scale); "
-            "full precision (the file's bf16) elsewhere; biases in the compute dtype (bf16 here).")
+        out += (
+            f"\n\n{x['label']}: parameters and buffers hold {_gb(x.get('resident_bytes'))} "
+            f"({', '.join(f'{k} {_gb(v)}' for k, v in sorted(dt.items()) if k != 'error')}); peak RSS over "
+            f"baseline {_gb(x['peak_over_baseline'])} (RssAnon {_gb(x.get('rss_anon_after'))}, RssFile "
+            f"{_gb(x.get('rss_file_after'))} after the load)."
+        )
+    out += (
+        "\n\nTheory: 1 byte per fp8 parameter + 4 bytes per fp32 scale (+ 4 for a static input scale); "
+        "full precision (the file's bf16) elsewhere; biases in the compute dtype (bf16 here)."
+    )
     return out
 
 
@@ -147,22 +221,49 @@ def block_forward(r: dict, section: dict | None = None) -> str:
         return err
     rows = []
     for x in fwd["rows"]:
-        subj = x["subject"] + (f" [{x['shape'][0]}x{x['shape'][1]}]" if x.get("shape") else f" ({x['linears']} linears)")
+        subj = x["subject"] + (
+            f" [{x['shape'][0]}x{x['shape'][1]}]" if x.get("shape") else f" ({x['linears']} linears)"
+        )
         ran = ", ".join(x.get("ran_as") or [])
-        rows.append([subj, x["tokens"], x["mode"] + (f" (ran as {ran})" if x["mode"] == "scaled-mm" else ""),
-                     x["dtype"], _s(x["median_s"]), x["reps"], f"{x['gflops']:.0f}", _x(x["ratio_to_full"]),
-                     _gb(x.get("cuda_peak_bytes")) if x.get("cuda_peak_bytes") is not None else "-",
-                     _gb(x.get("cuda_block_weight_bytes")) if x.get("cuda_block_weight_bytes") is not None else "-"])
-    out = _table(["subject", "tokens", "mode", "compute dtype", "median", "reps", "GFLOP/s", "x full precision (time)",
-                  "CUDA peak alloc. (call)", "CUDA block weights"], rows)
+        rows.append(
+            [
+                subj,
+                x["tokens"],
+                x["mode"] + (f" (ran as {ran})" if x["mode"] == "scaled-mm" else ""),
+                x["dtype"],
+                _s(x["median_s"]),
+                x["reps"],
+                f"{x['gflops']:.0f}",
+                _x(x["ratio_to_full"]),
+                _gb(x.get("cuda_peak_bytes")) if x.get("cuda_peak_bytes") is not None else "-",
+                _gb(x.get("cuda_block_weight_bytes")) if x.get("cuda_block_weight_bytes") is not None else "-",
+            ]
+        )
+    out = _table(
+        [
+            "subject",
+            "tokens",
+            "mode",
+            "compute dtype",
+            "median",
+            "reps",
+            "GFLOP/s",
+            "x full precision (time)",
+            "CUDA peak alloc. (call)",
+            "CUDA block weights",
+        ],
+        rows,
+    )
     if fwd.get("skipped"):
         out += "\n"
     for s in fwd.get("skipped", []):
         out += f"\n- {s['subject']} at {s['tokens']} tokens{', ' + s['mode'] if s.get('mode') else ''}: {s['reason']}."
-    out += (f"\n\nDevice {fwd.get('device')}, {fwd.get('threads')} threads. 'x full precision' is the median time "
-            "over the median time of the full-precision path in the same dtype (the same weights dequantized once at "
-            "load); < 1 is faster. Configurations ran round robin; each (subject, tokens) group repeats up to the "
-            "profile's count or until its time budget is spent.")
+    out += (
+        f"\n\nDevice {fwd.get('device')}, {fwd.get('threads')} threads. 'x full precision' is the median time "
+        "over the median time of the full-precision path in the same dtype (the same weights dequantized once at "
+        "load); < 1 is faster. Configurations ran round robin; each (subject, tokens) group repeats up to the "
+        "profile's count or until its time budget is spent."
+    )
     return out
 
 
@@ -171,23 +272,48 @@ def block_fidelity(r: dict) -> str:
     err = _error_line(fid, "fidelity")
     if err:
         return err
-    rows = [[x["label"], x["compute_dtype"], _e(x["video_err_vs_original"]), _e(x["audio_err_vs_original"]),
-             _e(x["video_err_vs_dequantized"]), _e(x["audio_err_vs_dequantized"]), x["note"]] for x in fid["rows"]]
-    return (_table(["model", "compute", "video err vs original", "audio err vs original", "video err vs dequantized",
-                    "audio err vs dequantized", "note"], rows)
-            + f"\n\n{fid.get('config')}, {fid.get('quantized_layers')} fp8 layers. Relative error "
-              "||out - ref|| / ||ref|| of the full forward output; 'original' is the bf16 model, 'dequantized' the "
-              "same model with every fp8 layer's weight set to codes x scale (float32 math throughout).")
+    rows = [
+        [
+            x["label"],
+            x["compute_dtype"],
+            _e(x["video_err_vs_original"]),
+            _e(x["audio_err_vs_original"]),
+            _e(x["video_err_vs_dequantized"]),
+            _e(x["audio_err_vs_dequantized"]),
+            x["note"],
+        ]
+        for x in fid["rows"]
+    ]
+    return (
+        _table(
+            [
+                "model",
+                "compute",
+                "video err vs original",
+                "audio err vs original",
+                "video err vs dequantized",
+                "audio err vs dequantized",
+                "note",
+            ],
+            rows,
+        )
+        + f"\n\n{fid.get('config')}, {fid.get('quantized_layers')} fp8 layers. Relative error "
+        "||out - ref|| / ||ref|| of the full forward output; 'original' is the bf16 model, 'dequantized' the "
+        "same model with every fp8 layer's weight set to codes x scale (float32 math throughout)."
+    )
 
 
 def block_gpu(r: dict) -> str:
     gpu = r.get("gpu", {})
     if not gpu.get("measured"):
-        return _table(["GPU measurement", "result"], [
-            ["scaled-mm / fp8-cast / bf16 forward on fp8 tensor cores (FF linears, block)", gpu.get("reason")],
-            ["torch.cuda allocated / peak per mode", gpu.get("reason")],
-            ["scaled-mm speed-up over bf16, FF linears at 8192 tokens", gpu.get("reason")],
-        ])
+        return _table(
+            ["GPU measurement", "result"],
+            [
+                ["scaled-mm / fp8-cast / bf16 forward on fp8 tensor cores (FF linears, block)", gpu.get("reason")],
+                ["torch.cuda allocated / peak per mode", gpu.get("reason")],
+                ["scaled-mm speed-up over bf16, FF linears at 8192 tokens", gpu.get("reason")],
+            ],
+        )
     return f"Measured on {gpu.get('device')}.\n\n" + block_forward(r, gpu.get("forward", {}))
 
 
@@ -196,17 +322,27 @@ def block_breakdown(r: dict) -> str:
     lb = fwd.get("load_breakdown")
     out = []
     if lb:
-        rows = [[k, f"{v * 1e3:.1f} ms", f"{lb['melem_per_s'][k]:.0f}", f"{lb['gb_per_s'][k]:.2f}"]
-                for k, v in lb["steps_s"].items()]
-        out.append(f"Load steps on `{lb['layer']}` [{lb['shape'][0]}x{lb['shape'][1]}] ({lb['params']:,} "
-                   "parameters), median of 3, in the forward process:\n\n"
-                   + _table(["step", "time", "M elements/s", "GB/s of fp8 codes"], rows)
-                   + (f"\n\nThe integer-bit-ops conversion gave bit-identical float32 values on this weight: "
-                      f"{lb.get('bit_ops_exact')}." if "bit_ops_exact" in lb else ""))
+        rows = [
+            [k, f"{v * 1e3:.1f} ms", f"{lb['melem_per_s'][k]:.0f}", f"{lb['gb_per_s'][k]:.2f}"]
+            for k, v in lb["steps_s"].items()
+        ]
+        out.append(
+            f"Load steps on `{lb['layer']}` [{lb['shape'][0]}x{lb['shape'][1]}] ({lb['params']:,} "
+            "parameters), median of 3, in the forward process:\n\n"
+            + _table(["step", "time", "M elements/s", "GB/s of fp8 codes"], rows)
+            + (
+                f"\n\nThe integer-bit-ops conversion gave bit-identical float32 values on this weight: "
+                f"{lb.get('bit_ops_exact')}."
+                if "bit_ops_exact" in lb
+                else ""
+            )
+        )
     for name, ops in (fwd.get("op_profiles") or {}).items():
         rows = [[f"`{o['op']}`", f"{o['self_cpu_s'] * 1e3:.1f} ms", o["calls"]] for o in ops]
-        out.append(f"torch.profiler, {name} (one call, top ops by self CPU time):\n\n"
-                   + _table(["op", "self CPU", "calls"], rows))
+        out.append(
+            f"torch.profiler, {name} (one call, top ops by self CPU time):\n\n"
+            + _table(["op", "self CPU", "calls"], rows)
+        )
     return "\n\n".join(out) if out else "_No profiles in this run._"
 
 
@@ -217,14 +353,30 @@ def block_plots(r: dict, plots_rel: str, made: list[str]) -> str:
 
 
 def render_blocks(r: dict, plots_rel: str, made: list[str]) -> dict[str, str]:
-    return {"machine": block_machine(r), "targets": block_targets(r), "load": block_load(r),
-            "memory": block_memory(r), "forward": block_forward(r), "fidelity": block_fidelity(r),
-            "gpu": block_gpu(r), "breakdown": block_breakdown(r), "plots": block_plots(r, plots_rel, made)}
+    return {
+        "machine": block_machine(r),
+        "targets": block_targets(r),
+        "load": block_load(r),
+        "memory": block_memory(r),
+        "forward": block_forward(r),
+        "fidelity": block_fidelity(r),
+        "gpu": block_gpu(r),
+        "breakdown": block_breakdown(r),
+        "plots": block_plots(r, plots_rel, made),
+    }
 
 
-_TITLES = {"machine": "Run", "targets": "Targets (issue 4)", "load": "1. Load", "memory": "2. Memory",
-           "forward": "3. Forward", "fidelity": "4. Fidelity", "gpu": "5. GPU",
-           "breakdown": "Where the time goes (profiles from the same run)", "plots": "Plots"}
+_TITLES = {
+    "machine": "Run",
+    "targets": "Targets (issue 4)",
+    "load": "1. Load",
+    "memory": "2. Memory",
+    "forward": "3. Forward",
+    "fidelity": "4. Fidelity",
+    "gpu": "5. GPU",
+    "breakdown": "Where the time goes (profiles from the same run)",
+    "plots": "Plots",
+}
 
 
 def update_markdown(r: dict, path: str, plots_rel: str = "bench/plots", made: list[str] | None = None) -> None:
@@ -233,12 +385,13 @@ def update_markdown(r: dict, path: str, plots_rel: str = "bench/plots", made: li
         with open(path) as f:
             text = f.read()
     else:
-        text = SKELETON.format(blocks="\n\n".join(
-            f"## {_TITLES[b]}\n\n<!-- BEGIN bench:{b} -->\n<!-- END bench:{b} -->" for b in BLOCKS))
+        text = SKELETON.format(
+            blocks="\n\n".join(f"## {_TITLES[b]}\n\n<!-- BEGIN bench:{b} -->\n<!-- END bench:{b} -->" for b in BLOCKS)
+        )
     for name, body in blocks.items():
         pat = re.compile(rf"(<!-- BEGIN bench:{name} -->\n).*?(<!-- END bench:{name} -->)", re.S)
         if pat.search(text):
-            text = pat.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+            text = pat.sub(lambda m, body=body: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
         else:
             text += f"\n## {_TITLES[name]}\n\n<!-- BEGIN bench:{name} -->\n{body.rstrip()}\n<!-- END bench:{name} -->\n"
     with open(path, "w") as f:
@@ -247,9 +400,11 @@ def update_markdown(r: dict, path: str, plots_rel: str = "bench/plots", made: li
 
 # -- plots ---------------------------------------------------------------------------------------------
 
+
 def plots(r: dict, folder: str) -> list[str]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -302,8 +457,13 @@ def plots(r: dict, folder: str) -> list[str]:
                 continue
             pts = s["series"]
             t0 = s["window"][0]
-            ax.plot([p[0] - t0 for p in pts], [(p[1] - s["baseline"]) / 1e9 for p in pts], label=lab,
-                    lw=1.2, ls=":" if lab.startswith("I/O floor") else "-")
+            ax.plot(
+                [p[0] - t0 for p in pts],
+                [(p[1] - s["baseline"]) / 1e9 for p in pts],
+                label=lab,
+                lw=1.2,
+                ls=":" if lab.startswith("I/O floor") else "-",
+            )
         ax.set_xlabel("seconds since the load started")
         ax.set_ylabel("RSS over baseline (GB)")
         ax.grid(True, alpha=0.3)
@@ -327,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         r = json.load(f)
     if a.retarget:
         from . import targets
+
         r["targets"] = targets.evaluate(r)
         with open(a.results, "w") as f:
             json.dump(r, f, indent=1)

@@ -14,6 +14,7 @@ Every load kind reports wall time (after imports), the RSS just before the load 
 process's peak RSS (`VmHWM` of /proc/self/status and `getrusage(RUSAGE_SELF).ru_maxrss`), the
 peak seen by a sampler thread reading /proc/self/statm every few ms, and the sampled series.
 """
+
 from __future__ import annotations
 
 import gc
@@ -68,8 +69,10 @@ def selected_bytes(path: str, subset: str) -> tuple[int, int, int]:
 
 # -- the load kinds ------------------------------------------------------------------------------------
 
+
 def load_quant(spec: dict) -> dict:
     import torch
+
     from quant.layer import QuantLayer
     from quant.loader import iter_load, plan_checkpoint
     from quant.report import build_report
@@ -113,9 +116,14 @@ def load_quant(spec: dict) -> dict:
                 info = plan.contents.tensors[name]
                 theory += info.nbytes  # other tensors are kept as stored (full precision)
                 largest_held = max(largest_held, item.numel() * item.element_size())
-        out = {"storage_bytes": storage_bytes(tensors), "tensor_bytes": tensor_bytes(tensors),
-               "theory_bytes": theory, "largest_held_bytes": largest_held, "layers_by_mode": modes,
-               "items": len(held)}
+        out = {
+            "storage_bytes": storage_bytes(tensors),
+            "tensor_bytes": tensor_bytes(tensors),
+            "theory_bytes": theory,
+            "largest_held_bytes": largest_held,
+            "layers_by_mode": modes,
+            "items": len(held),
+        }
         if subset == "all":
             out["report_total_bytes"] = build_report(plan)["total_bytes"]
         return out
@@ -128,6 +136,7 @@ def load_floor_safetensors(spec: dict) -> dict:
     the file's mmap without reading a byte (timed apart as `views_s`); the copy is what makes the
     bytes arrive, as they must for any loader that ends up owning its weights."""
     from safetensors import safe_open
+
     subset = spec.get("subset", "all")
     extra = {}
 
@@ -143,8 +152,12 @@ def load_floor_safetensors(spec: dict) -> dict:
         return None, held
 
     def after(_, held):
-        return {"storage_bytes": storage_bytes(held.values()), "tensor_bytes": tensor_bytes(held.values()),
-                "items": len(held), **extra}
+        return {
+            "storage_bytes": storage_bytes(held.values()),
+            "tensor_bytes": tensor_bytes(held.values()),
+            "items": len(held),
+            **extra,
+        }
 
     return _measure(spec, run, after)
 
@@ -211,9 +224,12 @@ def _host_resident(dm) -> dict:
 
 def load_host(spec: dict) -> dict:
     from .hostenv import import_host
+
     import_host()
-    import comfy.sd
     import logging
+
+    import comfy.sd
+
     logging.disable(logging.WARNING)
 
     def run():
@@ -230,10 +246,13 @@ def load_host(spec: dict) -> dict:
 
 def load_bridge(spec: dict) -> dict:
     from .hostenv import import_pack
+
     pack = import_pack()
     import logging
+
     logging.disable(logging.WARNING)
     import torch
+
     plan_checkpoint = pack.quant.loader.plan_checkpoint
     build = pack.bridge.host_model.build_model_patcher
 
@@ -270,13 +289,25 @@ def _measure(spec: dict, run, after) -> dict:
     status1 = proc_status()
     rss_after = rss_now()
     res = {
-        "kind": spec["kind"], "file": os.path.basename(spec["file"]), "subset": subset,
-        "policy": spec.get("policy"), "wall_s": wall, "bytes": nbytes, "tensors": count,
-        "largest_file_tensor_bytes": largest, "gb_per_s": nbytes / wall / 1e9,
-        "rss_baseline": base, "rss_after": rss_after, "vm_hwm": status1.get("VmHWM"),
-        "vm_hwm_before": status0.get("VmHWM"), "ru_maxrss": ru_maxrss(), "sampled_peak": sampler.peak,
-        "rss_anon_after": status1.get("RssAnon"), "rss_file_after": status1.get("RssFile"),
-        "rss_series": sampler.series(), "load_window_s": [t_start, t_end],
+        "kind": spec["kind"],
+        "file": os.path.basename(spec["file"]),
+        "subset": subset,
+        "policy": spec.get("policy"),
+        "wall_s": wall,
+        "bytes": nbytes,
+        "tensors": count,
+        "largest_file_tensor_bytes": largest,
+        "gb_per_s": nbytes / wall / 1e9,
+        "rss_baseline": base,
+        "rss_after": rss_after,
+        "vm_hwm": status1.get("VmHWM"),
+        "vm_hwm_before": status0.get("VmHWM"),
+        "ru_maxrss": ru_maxrss(),
+        "sampled_peak": sampler.peak,
+        "rss_anon_after": status1.get("RssAnon"),
+        "rss_file_after": status1.get("RssFile"),
+        "rss_series": sampler.series(),
+        "load_window_s": [t_start, t_end],
         "warm_read_gb_per_s": warm["bytes"] / warm["seconds"] / 1e9,
     }
     res["peak_over_baseline"] = max(res["vm_hwm"] or 0, res["sampled_peak"]) - base
@@ -285,12 +316,18 @@ def _measure(spec: dict, run, after) -> dict:
 
 
 def torch_info(spec: dict) -> dict:
-    import torch
     import safetensors
-    out = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "safetensors": safetensors.__version__, "cuda": torch.cuda.is_available()}
+    import torch
+
+    out = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "safetensors": safetensors.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
     try:
         import numpy
+
         out["numpy"] = numpy.__version__
     except ImportError:
         pass
@@ -301,13 +338,20 @@ def torch_info(spec: dict) -> dict:
     return out
 
 
-KINDS = {"quant": load_quant, "floor-safetensors": load_floor_safetensors, "floor-read": load_floor_read,
-         "host": load_host, "bridge": load_bridge, "torch-info": torch_info}
+KINDS = {
+    "quant": load_quant,
+    "floor-safetensors": load_floor_safetensors,
+    "floor-read": load_floor_read,
+    "host": load_host,
+    "bridge": load_bridge,
+    "torch-info": torch_info,
+}
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     import torch  # every kind starts from the same baseline: torch imported, nothing loaded
+
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     emit(KINDS[spec["kind"]](spec))

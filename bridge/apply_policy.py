@@ -5,6 +5,7 @@ patches, the host's own mechanism). Switching an fp8 layer between fp8-cast and 
 new small module that shares the fp8 codes and scales: no weight memory is allocated. Only layers
 that change storage allocate: fp8 -> bf16 (dequantize) and full precision -> fp8 (quantize).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -33,8 +34,9 @@ def _current(module, weight) -> QuantLayer:
     host Linear's weight as full precision."""
     bias = None if module.bias is None else _plain(module.bias.data)
     if isinstance(module, QuantHostLinear) and module.weight_scale is not None:
-        return QuantLayer("", weight.data, module.weight_scale, module.input_scale, bias,
-                          module.quant_mode, module.quant_source)
+        return QuantLayer(
+            "", weight.data, module.weight_scale, module.input_scale, bias, module.quant_mode, module.quant_source
+        )
     return QuantLayer("", _plain(weight.data), None, None, bias, "bf16", "full-precision")
 
 
@@ -47,8 +49,7 @@ def target_mode(policy: Policy, name: str, stored_fp8: bool, caps: DeviceCaps, o
     return mode, ""
 
 
-def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static", backend="torch",
-                 per_row_quant=False):
+def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static", backend="torch", per_row_quant=False):
     """Returns `(clone, summary)`; `summary` counts layers per mode and the bytes newly allocated."""
     clone = patcher.clone()
     model = patcher.model
@@ -64,7 +65,9 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
         if mode == layer.mode and (mode == "bf16" or (module.activation, module.backend) == (activation, backend)):
             continue  # already runs as asked: keep the module (and any LoRA state) as it is
         if mode == "bf16" and layer.quantized:
-            new = QuantLayer(name, dequantize(layer.weight, layer.scale, full_dtype), None, None, layer.bias, "bf16", layer.source)
+            new = QuantLayer(
+                name, dequantize(layer.weight, layer.scale, full_dtype), None, None, layer.bias, "bf16", layer.source
+            )
             allocated += new.weight_bytes()
         elif layer.quantized:
             new = QuantLayer(name, layer.weight, layer.scale, layer.input_scale, layer.bias, mode, layer.source)
@@ -78,12 +81,18 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
         changed[f"{layer.mode}->{mode}"] += 1
     # The host's memory planning reads model_size(); our swaps changed it.
     clone.size = _size_with_patches(clone)
-    return clone, {"layers_by_mode": dict(counts), "changed": dict(changed),
-                   "allocated_bytes": allocated, "notes": notes, "policy": policy.to_string()}
+    return clone, {
+        "layers_by_mode": dict(counts),
+        "changed": dict(changed),
+        "allocated_bytes": allocated,
+        "notes": notes,
+        "policy": policy.to_string(),
+    }
 
 
 def _size_with_patches(patcher) -> int:
     import comfy.model_management
+
     total = comfy.model_management.module_size(patcher.model)
     for name, module in model_view.linears(patcher).items():
         orig = model_view.original_linears(patcher)[name]

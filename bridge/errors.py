@@ -1,12 +1,12 @@
 """Turn failures inside a node into one clear error, and give memory back first."""
+
 from __future__ import annotations
 
 import contextlib
 import gc
 
-import torch
-
 import comfy.model_management
+import torch
 
 from ..quant.ltx2_shapes import is_sensitive
 from ..quant.policy import Policy
@@ -19,7 +19,8 @@ def _is_oom(e: BaseException) -> bool:
     # CUDA: torch.OutOfMemoryError. CPU: torch raises RuntimeError("... DefaultCPUAllocator: can't
     # allocate memory ..."), Python's own buffers MemoryError.
     return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
 
 
 def _release() -> None:
@@ -52,9 +53,17 @@ def weight_bytes_by_preset(plan) -> dict[str, int]:
     for preset in _OOM_PRESETS:
         policy = Policy(preset)
         out[preset] = other + sum(
-            layer_bytes(lp, policy.mode_for(lp.name, lp.src.stored_fp8 and lp.src.weight.dtype == "F8_E4M3",
-                                            is_sensitive(lp.name), plan.caps.fp8_gemm_fast))
-            for lp in plan.layers)
+            layer_bytes(
+                lp,
+                policy.mode_for(
+                    lp.name,
+                    lp.src.stored_fp8 and lp.src.weight.dtype == "F8_E4M3",
+                    is_sensitive(lp.name),
+                    plan.caps.fp8_gemm_fast,
+                ),
+            )
+            for lp in plan.layers
+        )
     return out
 
 
@@ -74,26 +83,34 @@ def _available(e: BaseException) -> tuple[str, int | None]:
 
 def oom_message(what: str, e: BaseException, plan=None) -> str:
     head = f"{what}: out of memory while loading ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-    generic = ("fp8-cast holds 1 byte per weight and fits where bf16 (2 bytes) does not; try policy fp8-cast "
-               "(or scaled-mm, same bytes), or free other models first")
+    generic = (
+        "fp8-cast holds 1 byte per weight and fits where bf16 (2 bytes) does not; try policy fp8-cast "
+        "(or scaled-mm, same bytes), or free other models first"
+    )
     if plan is None:
         return f"{head}. {generic}"
     est = weight_bytes_by_preset(plan)
     where, avail = _available(e)
-    parts = [f"{head}. Estimated weights: {_gib(est['requested'])} with policy {plan.policy.to_string()}; "
-             f"{_gib(est['fp8-cast'])} with fp8-cast or scaled-mm; {_gib(est['bf16'])} with bf16"]
+    parts = [
+        f"{head}. Estimated weights: {_gib(est['requested'])} with policy {plan.policy.to_string()}; "
+        f"{_gib(est['fp8-cast'])} with fp8-cast or scaled-mm; {_gib(est['bf16'])} with bf16"
+    ]
     if avail is None:
         return "; ".join(parts) + f". {generic}"
     parts.append(f"{_gib(avail)} {where} now")
     if est["requested"] <= avail:
         # The estimate fits but the load did not: something else held the memory at the time.
-        advice = ("the requested policy fits by this estimate, so other models or processes hold the "
-                  "memory: free them (or restart) and retry; fp8-cast needs the least")
+        advice = (
+            "the requested policy fits by this estimate, so other models or processes hold the "
+            "memory: free them (or restart) and retry; fp8-cast needs the least"
+        )
     elif est["fp8-cast"] <= avail:
         advice = "policy fp8-cast (or scaled-mm) would fit: try it"
     else:
-        advice = ("no mode fits the memory available now, not even fp8-cast: free other models, or use a "
-                  "machine with more memory")
+        advice = (
+            "no mode fits the memory available now, not even fp8-cast: free other models, or use a "
+            "machine with more memory"
+        )
     return "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}"
 
 

@@ -5,15 +5,15 @@ It subclasses the host's `manual_cast.Linear` so the ModelPatcher treats it like
 protocol (`convert_weight` / `set_weight`, comfy/model_patcher.py `get_key_weight`): a LoRA on an
 fp8 layer is merged at full precision and re-quantized with a fresh scale, never re-cast without one.
 """
+
 from __future__ import annotations
 
 import weakref
 
-import torch
-import torch.nn.functional as F
-
 import comfy.model_management
 import comfy.ops
+import torch
+import torch.nn.functional as F
 
 from ..quant.fp8 import dequantize, quantize
 from ..quant.layer import QuantLayer
@@ -23,8 +23,7 @@ from ..quant.linear import linear_forward
 def _meta_param(shape, dtype):
     # Built on the meta device: a 22B model must not allocate its weights twice (once at
     # construction, once when the file's tensors arrive).
-    return torch.nn.Parameter(torch.empty(shape, device="meta", dtype=dtype or torch.float32),
-                              requires_grad=False)
+    return torch.nn.Parameter(torch.empty(shape, device="meta", dtype=dtype or torch.float32), requires_grad=False)
 
 
 class QuantHostLinear(comfy.ops.manual_cast.Linear):
@@ -48,8 +47,10 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
     # -- loading --------------------------------------------------------------------------------
     def set_layer(self, layer: QuantLayer, activation: str = "static", backend: str = "torch"):
         if (layer.out_features, layer.in_features) != (self.out_features, self.in_features):
-            raise ValueError(f"layer {layer.name}: [out, in] = {[layer.out_features, layer.in_features]} "
-                             f"but the model wants {[self.out_features, self.in_features]}")
+            raise ValueError(
+                f"layer {layer.name}: [out, in] = {[layer.out_features, layer.in_features]} "
+                f"but the model wants {[self.out_features, self.in_features]}"
+            )
         self.weight = torch.nn.Parameter(layer.weight, requires_grad=False)
         if layer.bias is not None:
             self.bias = torch.nn.Parameter(layer.bias, requires_grad=False)
@@ -65,13 +66,19 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
 
     def to_layer(self, name: str) -> QuantLayer:
         """The canonical layer this module holds (shares its tensors)."""
-        return QuantLayer(name, self.weight.data, self.current_scale(), self.input_scale,
-                          None if self.bias is None else self.bias.data, self.quant_mode, self.quant_source)
+        return QuantLayer(
+            name,
+            self.weight.data,
+            self.current_scale(),
+            self.input_scale,
+            None if self.bias is None else self.bias.data,
+            self.quant_mode,
+            self.quant_source,
+        )
 
     @classmethod
-    def from_layer(cls, layer: QuantLayer, activation="static", backend="torch") -> "QuantHostLinear":
-        m = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                dtype=layer.weight.dtype)
+    def from_layer(cls, layer: QuantLayer, activation="static", backend="torch") -> QuantHostLinear:
+        m = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype)
         return m.set_layer(layer, activation, backend)
 
     def current_scale(self):
@@ -86,7 +93,9 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         if scale is None:
             return weight
         s = scale.to(device=weight.device, dtype=weight.dtype)
-        return weight.mul_(s[:, None] if s.dim() == 1 else s) if inplace else weight * (s[:, None] if s.dim() == 1 else s)
+        return (
+            weight.mul_(s[:, None] if s.dim() == 1 else s) if inplace else weight * (s[:, None] if s.dim() == 1 else s)
+        )
 
     def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
         """Re-quantize a patched full-precision weight with a fresh amax scale; keep input_scale."""
@@ -127,10 +136,10 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         return linear_forward(x, weight, bias, scale, input_scale, self.quant_mode, self.activation, self.backend)
 
     def extra_repr(self):
-        return (f"in={self.in_features}, out={self.out_features}, mode={self.quant_mode}, "
-                f"weight={self.weight.dtype}")
+        return f"in={self.in_features}, out={self.out_features}, mode={self.quant_mode}, weight={self.weight.dtype}"
 
 
 class QuantOps(comfy.ops.manual_cast):
     """`model_options["custom_operations"]`: the host's ops with our Linear."""
+
     Linear = QuantHostLinear

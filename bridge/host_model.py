@@ -6,19 +6,19 @@ detection (`model_config_from_unet`) on a meta-tensor state dict, its dtype choi
 class with our Linear as `custom_operations`, and its ModelPatcher. The weights then arrive one
 tensor at a time from `quant.loader.iter_load`.
 """
+
 from __future__ import annotations
 
 import functools
 import gc
 import logging
 
-import torch
-
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import comfy.utils
+import torch
 
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
@@ -29,7 +29,7 @@ from .host_linear import QuantHostLinear
 log = logging.getLogger("ltx_fp8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_ops(manual_cast: bool):
     """The host's ops with our Linear. manual_cast mirrors `comfy.ops.pick_operations`: it is what
     the host itself picks when weights are stored in a dtype the device does not compute in."""
@@ -44,6 +44,7 @@ def make_ops(manual_cast: bool):
 def meta_state_dict(plan: LoadPlan) -> dict[str, torch.Tensor]:
     """Canonical keys -> meta tensors with the shapes the model will hold ([out, in] linears)."""
     from ..quant.safetensors_header import DTYPES
+
     sd = {}
     for name, info in plan.contents.tensors.items():
         sd[name] = torch.empty(info.shape, dtype=DTYPES[info.dtype][0], device="meta")
@@ -61,18 +62,23 @@ def detect(plan: LoadPlan, load_device):
     try:
         model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=plan.index.metadata)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"the host cannot detect a model from this file ({type(e).__name__}: "
-                              f"{str(e)[:200]})", file=plan.path) from None
+        raise CheckpointError(
+            f"the host cannot detect a model from this file ({type(e).__name__}: {str(e)[:200]})", file=plan.path
+        ) from None
     if model_config is None or model_config.unet_config.get("image_model") != "ltxav":
         found = None if model_config is None else model_config.unet_config.get("image_model")
-        raise CheckpointError(f"not an LTX-2 audio-video (LTXAV) transformer (host detected: {found}); "
-                              f"expected keys such as adaln_single.emb.timestep_embedder.linear_1.bias "
-                              f"and audio_adaln_single.linear.weight", file=plan.path)
+        raise CheckpointError(
+            f"not an LTX-2 audio-video (LTXAV) transformer (host detected: {found}); "
+            f"expected keys such as adaln_single.emb.timestep_embedder.linear_1.bias "
+            f"and audio_adaln_single.linear.weight",
+            file=plan.path,
+        )
     params = sum(t.numel() for t in sd.values())
     supported = list(model_config.supported_inference_dtypes)
     # Our full-precision layers are bf16 in the official files; ask for the host's usual choice.
-    weight_dtype = comfy.model_management.unet_dtype(model_params=params, supported_dtypes=supported,
-                                                     weight_dtype=torch.bfloat16)
+    weight_dtype = comfy.model_management.unet_dtype(
+        model_params=params, supported_dtypes=supported, weight_dtype=torch.bfloat16
+    )
     manual = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
     model_config.set_inference_dtype(weight_dtype, manual, device=load_device)
     return model_config, weight_dtype, manual
@@ -94,8 +100,10 @@ def _check_config(plan: LoadPlan, sd: dict) -> None:
         raise CheckpointError(f"header config['transformer'] cannot size the model: {problem}", file=plan.path)
     n = transformer.get("num_layers")
     if n is not None and n != blocks:
-        raise CheckpointError(f"header config['transformer'] says num_layers = {n} but the file holds "
-                              f"{blocks} transformer blocks", file=plan.path)
+        raise CheckpointError(
+            f"header config['transformer'] says num_layers = {n} but the file holds {blocks} transformer blocks",
+            file=plan.path,
+        )
 
 
 def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostLinear]:
@@ -106,38 +114,58 @@ def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostL
     for name, m in linears.items():
         lp = planned.get(name)
         if lp is None:
-            raise CheckpointError(f"the model needs layer {name} [{m.out_features}, {m.in_features}] "
-                                  f"but the file has no weight for it", file=plan.path,
-                                  tensor=plan.contents.prefix + name + ".weight")
+            raise CheckpointError(
+                f"the model needs layer {name} [{m.out_features}, {m.in_features}] but the file has no weight for it",
+                file=plan.path,
+                tensor=plan.contents.prefix + name + ".weight",
+            )
         if tuple(lp.out_in) != (m.out_features, m.in_features):
-            raise CheckpointError(f"layer {name}: [out, in] = {list(lp.out_in)} but the model built from "
-                                  f"the header config wants {[m.out_features, m.in_features]}",
-                                  file=plan.path, tensor=lp.src.weight.name)
+            raise CheckpointError(
+                f"layer {name}: [out, in] = {list(lp.out_in)} but the model built from "
+                f"the header config wants {[m.out_features, m.in_features]}",
+                file=plan.path,
+                tensor=lp.src.weight.name,
+            )
         if (m.bias is None) != (lp.src.bias is None):
             # A missing bias would stay an unloaded (meta) parameter; an extra one would be invented.
-            raise CheckpointError(f"layer {name}: the model {'has' if m.bias is not None else 'has no'} a bias "
-                                  f"but the file {'has none' if lp.src.bias is None else 'has one'}",
-                                  file=plan.path, tensor=plan.contents.prefix + name + ".bias")
+            raise CheckpointError(
+                f"layer {name}: the model {'has' if m.bias is not None else 'has no'} a bias "
+                f"but the file {'has none' if lp.src.bias is None else 'has one'}",
+                file=plan.path,
+                tensor=plan.contents.prefix + name + ".bias",
+            )
     extra = [n for n in planned if n not in linears]
     if extra:
-        raise CheckpointError(f"{len(extra)} linear layer(s) of the file are not in the model, first {extra[0]}",
-                              file=plan.path, tensor=plan.contents.prefix + extra[0] + ".weight")
+        raise CheckpointError(
+            f"{len(extra)} linear layer(s) of the file are not in the model, first {extra[0]}",
+            file=plan.path,
+            tensor=plan.contents.prefix + extra[0] + ".weight",
+        )
     linear_keys = {f"{n}.{p}" for n in linears for p in ("weight", "bias", "weight_scale", "input_scale")}
     wanted = [k for k in dm.state_dict(keep_vars=True) if k not in linear_keys]
     missing = [k for k in wanted if k not in plan.contents.tensors]
     if missing:
-        raise CheckpointError(f"{len(missing)} tensor(s) of the model are missing from the file, first {missing[0]}",
-                              file=plan.path, tensor=plan.contents.prefix + missing[0])
+        raise CheckpointError(
+            f"{len(missing)} tensor(s) of the model are missing from the file, first {missing[0]}",
+            file=plan.path,
+            tensor=plan.contents.prefix + missing[0],
+        )
     params = dm.state_dict(keep_vars=True)
     for k in wanted:
         info = plan.contents.tensors[k]
         if tuple(info.shape) != tuple(params[k].shape):
-            raise CheckpointError(f"{k} has shape {list(info.shape)} but the model wants {list(params[k].shape)}",
-                                  file=plan.path, tensor=info.name)
+            raise CheckpointError(
+                f"{k} has shape {list(info.shape)} but the model wants {list(params[k].shape)}",
+                file=plan.path,
+                tensor=info.name,
+            )
     unknown = [k for k in plan.contents.tensors if k not in set(wanted)]
     if unknown:
-        raise CheckpointError(f"{len(unknown)} tensor(s) of the file are not part of the model, first {unknown[0]}",
-                              file=plan.path, tensor=plan.contents.prefix + unknown[0])
+        raise CheckpointError(
+            f"{len(unknown)} tensor(s) of the file are not part of the model, first {unknown[0]}",
+            file=plan.path,
+            tensor=plan.contents.prefix + unknown[0],
+        )
     return linears
 
 

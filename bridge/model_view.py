@@ -5,6 +5,7 @@ load time). Apply Quant Policy swaps linears through object patches, so to see *
 layers we resolve each linear through its own object patches, falling back to the original module
 (recorded before our first swap, because another clone's patches may be applied right now).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,12 +1,12 @@
 """What each model costs, by mode and dtype, resident on the device or offloaded; and the device."""
+
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 
-import torch
-
 import comfy.model_management as mm
+import torch
 
 from . import model_view
 
@@ -39,7 +39,7 @@ def model_stats(patcher, label: str) -> dict:
 
     linears = model_view.linears(patcher)
     linear_ids = {id(m) for m in model_view.original_linears(patcher).values()}
-    for name, m in linears.items():
+    for _name, m in linears.items():
         ours_fp8 = getattr(m, "weight_scale", None) is not None
         mode = m.quant_mode if ours_fp8 else "bf16"
         if not ours_fp8 and m.weight is not None and m.weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
@@ -71,8 +71,11 @@ def model_stats(patcher, label: str) -> dict:
 
 def device_stats(device=None) -> dict:
     device = device or mm.get_torch_device()
-    out = {"device": str(device), "total_bytes": int(mm.get_total_memory(device)),
-           "free_bytes": int(mm.get_free_memory(device))}
+    out = {
+        "device": str(device),
+        "total_bytes": int(mm.get_total_memory(device)),
+        "free_bytes": int(mm.get_free_memory(device)),
+    }
     if getattr(device, "type", str(device)) == "cuda":
         out["cuda"] = {
             "name": torch.cuda.get_device_name(device),
@@ -83,6 +86,7 @@ def device_stats(device=None) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     try:
         import psutil
+
         proc = psutil.Process(os.getpid())
         vm = psutil.virtual_memory()
         out["process_rss_bytes"] = proc.memory_info().rss

@@ -1,9 +1,9 @@
 """Apply Quant Policy: change how each layer of a MODEL is stored and computed."""
+
 from __future__ import annotations
 
 import json
 
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..bridge.apply_policy import apply_policy
@@ -22,15 +22,23 @@ class LTXFP8ApplyQuantPolicy(io.ComfyNode):
             node_id="LTXFP8ApplyQuantPolicy",
             display_name="Apply Quant Policy",
             category="advanced/model/ltx fp8",
-            description=("Returns a copy of the MODEL whose linear layers run in the chosen modes; the input "
-                         "MODEL is unchanged for other branches. Switching fp8 layers between fp8-cast and "
-                         "scaled-mm allocates no weight memory; fp8 -> bf16 and bf16 -> fp8 do."),
-            inputs=[io.Model.Input("model", tooltip=(
-                "An LTX-2 MODEL from this pack's loader or the host's loaders. Not copied: the returned MODEL "
-                "shares its weights; only layers whose storage changes allocate (fp8 -> bf16: 2 bytes per "
-                "weight, bf16 -> fp8: 1 byte per weight); fp8-cast <-> scaled-mm allocates nothing. Any device "
-                "(CUDA GPU or CPU); see policy for what scaled-mm needs."))]
-                   + policy_inputs(),
+            description=(
+                "Returns a copy of the MODEL whose linear layers run in the chosen modes; the input "
+                "MODEL is unchanged for other branches. Switching fp8 layers between fp8-cast and "
+                "scaled-mm allocates no weight memory; fp8 -> bf16 and bf16 -> fp8 do."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model",
+                    tooltip=(
+                        "An LTX-2 MODEL from this pack's loader or the host's loaders. Not copied: the returned MODEL "
+                        "shares its weights; only layers whose storage changes allocate (fp8 -> bf16: 2 bytes per "
+                        "weight, bf16 -> fp8: 1 byte per weight); fp8-cast <-> scaled-mm allocates nothing. Any device "
+                        "(CUDA GPU or CPU); see policy for what scaled-mm needs."
+                    ),
+                )
+            ]
+            + policy_inputs(),
             outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
             # The canvas badge (web/ltx_fp8.js) is this node's ui output: resent when the node is cached.
             has_intermediate_output=True,
@@ -47,8 +55,13 @@ class LTXFP8ApplyQuantPolicy(io.ComfyNode):
             clone.model_options["ltx_fp8"] = {"label": f"{old} -> [{pol.to_string()}]"}
             # Badge figures (web/ltx_fp8.js): bytes of the returned MODEL by mode, blocks by mode.
             stats = model_stats(clone, clone.model_options["ltx_fp8"]["label"])
-            summary.update(bytes_by_mode=stats["weight_bytes_by_mode"], total_bytes=stats["total_bytes"],
-                           blocks_by_mode=blocks_by_mode(patcher_layers(clone)))
-        text = (f"policy {summary['policy']}: layers by mode {summary['layers_by_mode']}; changed "
-                f"{summary['changed']}; newly allocated {summary['allocated_bytes'] / 1e6:.2f} MB")
+            summary.update(
+                bytes_by_mode=stats["weight_bytes_by_mode"],
+                total_bytes=stats["total_bytes"],
+                blocks_by_mode=blocks_by_mode(patcher_layers(clone)),
+            )
+        text = (
+            f"policy {summary['policy']}: layers by mode {summary['layers_by_mode']}; changed "
+            f"{summary['changed']}; newly allocated {summary['allocated_bytes'] / 1e6:.2f} MB"
+        )
         return io.NodeOutput(clone, text, ui={"ltx_fp8": [json.dumps(summary)]})

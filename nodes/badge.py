@@ -4,11 +4,12 @@ A transformer block counts under one mode when that mode holds at least `BLOCK_M
 block's linear weights (tiny layers such as gate logits kept in another precision do not make a
 block "mixed"); otherwise it counts as "mixed". Layer counts stay exact in `layers_by_mode`.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 BLOCK_RE = re.compile(r"^transformer_blocks\.(\d+)\.")
 BLOCK_MAJORITY = 0.9

@@ -1,4 +1,5 @@
 """Load LTX FP8 Checkpoint: any LTX-2 checkpoint encoding, loaded correctly, per a policy."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,10 @@ import logging
 import os
 
 import comfy.model_management
-import folder_paths
 from comfy_api.latest import io
 
-from ..bridge.host_model import build_model_patcher
 from ..bridge.errors import node_error
+from ..bridge.host_model import build_model_patcher
 from ..quant.device import device_caps
 from ..quant.loader import plan_checkpoint
 from ..quant.report import build_report, format_text
@@ -24,15 +24,22 @@ CKPT_TOOLTIP = (
     f"An LTX-2 / LTX-2.3 .safetensors file from the {' or '.join(MODEL_FOLDERS)} folders: any fp8 encoding "
     "(ltx-core, ComfyUI native or legacy scaled fp8, per-row scales) or bf16/fp16/fp32. Streamed one tensor "
     "at a time (no second copy in RAM). Weights take 1 byte per parameter in fp8 modes and 2 in bf16: the "
-    "22B LTX-2.3 transformer is about 22 GB as fp8, 44 GB as bf16. Any CUDA GPU, or the CPU.")
+    "22B LTX-2.3 transformer is about 22 GB as fp8, 44 GB as bf16. Any CUDA GPU, or the CPU."
+)
 
 
 def badge(report: dict) -> dict:
     """The compact figures the canvas badge shows (web/ltx_fp8.js)."""
-    return {"layers_by_mode": report["layers_by_mode"], "blocks_by_mode": blocks_by_mode(report_layers(report)),
-            "bytes_by_mode": report["bytes_by_mode"], "other_bytes": report["other_tensor_bytes"],
-            "total_bytes": report["total_bytes"], "policy": report["policy"],
-            "file": os.path.basename(report["file"]), "warnings": len(report["warnings"])}
+    return {
+        "layers_by_mode": report["layers_by_mode"],
+        "blocks_by_mode": blocks_by_mode(report_layers(report)),
+        "bytes_by_mode": report["bytes_by_mode"],
+        "other_bytes": report["other_tensor_bytes"],
+        "total_bytes": report["total_bytes"],
+        "policy": report["policy"],
+        "file": os.path.basename(report["file"]),
+        "warnings": len(report["warnings"]),
+    }
 
 
 class LTXFP8CheckpointLoader(io.ComfyNode):
@@ -42,15 +49,14 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             node_id="LTXFP8CheckpointLoader",
             display_name="Load LTX FP8 Checkpoint",
             category="loaders/ltx fp8",
-            description=("Loads an LTX-2 / LTX-2.3 transformer from any checkpoint encoding (ltx-core fp8, "
-                         "ComfyUI native or legacy scaled fp8, per-row scales, [in, out] fp8, bf16) keeping "
-                         "every weight scale, streaming one tensor at a time. Bundle passengers (VAE, audio "
-                         "VAE, vocoder, text projection) are reported, not loaded."),
-            inputs=[io.Combo.Input("ckpt_name", options=checkpoint_names(),
-                                   tooltip=CKPT_TOOLTIP)]
-                   + policy_inputs(),
-            outputs=[io.Model.Output(display_name="MODEL"),
-                     io.String.Output(display_name="report")],
+            description=(
+                "Loads an LTX-2 / LTX-2.3 transformer from any checkpoint encoding (ltx-core fp8, "
+                "ComfyUI native or legacy scaled fp8, per-row scales, [in, out] fp8, bf16) keeping "
+                "every weight scale, streaming one tensor at a time. Bundle passengers (VAE, audio "
+                "VAE, vocoder, text projection) are reported, not loaded."
+            ),
+            inputs=[io.Combo.Input("ckpt_name", options=checkpoint_names(), tooltip=CKPT_TOOLTIP)] + policy_inputs(),
+            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
             # The canvas badge (web/ltx_fp8.js) is this node's ui output: resent when the node is cached.
             has_intermediate_output=True,
         )
@@ -62,8 +68,7 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             st = os.stat(resolve_checkpoint(ckpt_name))
             # ctime and inode too: a same-size file copied in with its old mtime kept (cp -p,
             # rsync -t) still changes them.
-            return (ckpt_name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                    tuple(sorted(kwargs.items())))
+            return (ckpt_name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, tuple(sorted(kwargs.items())))
         except Exception as e:  # resolution errors surface in execute, with the file named
             return (ckpt_name, repr(e))
 
@@ -73,8 +78,9 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             path = resolve_checkpoint(ckpt_name)
             pol = read_policy(policy, rules)
             device = comfy.model_management.get_torch_device()
-            plan = ctx["plan"] = plan_checkpoint(path, pol, device=device_caps(device), activation=activation_scale,
-                                                 backend=backend)
+            plan = ctx["plan"] = plan_checkpoint(
+                path, pol, device=device_caps(device), activation=activation_scale, backend=backend
+            )
             patcher = build_model_patcher(plan, load_device=device)
             report = build_report(plan)
             patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}

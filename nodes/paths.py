@@ -1,4 +1,5 @@
 """Which files the loader may open: only .safetensors inside the host's model folders."""
+
 from __future__ import annotations
 
 import os
@@ -29,11 +30,14 @@ def resolve_checkpoint(name: str) -> str:
     """The absolute path of `name`, refusing anything that leads outside the model folders:
     `..`, absolute paths, and symlinks whose target is elsewhere (issue 5)."""
     if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise CheckpointError(f"checkpoint name {name!r} must be a relative name inside the "
-                              f"{' / '.join(MODEL_FOLDERS)} folders", file=str(name))
+        raise CheckpointError(
+            f"checkpoint name {name!r} must be a relative name inside the {' / '.join(MODEL_FOLDERS)} folders",
+            file=str(name),
+        )
     if not name.lower().endswith(SAFE_SUFFIXES):
-        raise CheckpointError("only .safetensors files are loaded; pickle formats (.ckpt, .pt, .bin) "
-                              "are never unpickled", file=name)
+        raise CheckpointError(
+            "only .safetensors files are loaded; pickle formats (.ckpt, .pt, .bin) are never unpickled", file=name
+        )
     for folder in MODEL_FOLDERS:
         path = folder_paths.get_full_path(folder, name)
         if path is None:
@@ -41,7 +45,10 @@ def resolve_checkpoint(name: str) -> str:
         # A link from one model folder into another (checkpoints -> diffusion_models) stays inside.
         roots = [r for f in MODEL_FOLDERS for r in folder_paths.get_folder_paths(f)]
         if not _inside(path, roots):
-            raise CheckpointError(f"resolves outside the {' / '.join(MODEL_FOLDERS)} folders (symlink to "
-                                  f"{os.path.realpath(path)}); refusing to load it", file=name)
+            raise CheckpointError(
+                f"resolves outside the {' / '.join(MODEL_FOLDERS)} folders (symlink to "
+                f"{os.path.realpath(path)}); refusing to load it",
+                file=name,
+            )
         return path
     raise CheckpointError(f"not found in the {' or '.join(MODEL_FOLDERS)} folders", file=name)

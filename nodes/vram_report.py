@@ -1,10 +1,11 @@
 """VRAM Report: what each model costs, by mode, on the device. Always re-runs."""
+
 from __future__ import annotations
 
 import json
 
 import comfy.model_management
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..bridge.vram import device_stats, model_stats
 
@@ -19,20 +20,28 @@ def format_table(report: dict) -> str:
     lines = []
     for m in report["models"]:
         counts = m["layers_by_mode"]
-        modes = ", ".join(f"{k} {_gb(v)}" + (f" ({counts[k]} layers)" if k in counts else "")
-                          for k, v in sorted(m["weight_bytes_by_mode"].items()))
-        lines.append(f"{m['input']}: {m['label']}\n  total {_gb(m['total_bytes'])}: {modes}\n"
-                     f"  resident {_gb(m['resident_bytes'])}, offloaded {_gb(m['offloaded_bytes'])} "
-                     f"({m['load_device']}{', loaded' if m['loaded'] else ''})")
+        modes = ", ".join(
+            f"{k} {_gb(v)}" + (f" ({counts[k]} layers)" if k in counts else "")
+            for k, v in sorted(m["weight_bytes_by_mode"].items())
+        )
+        lines.append(
+            f"{m['input']}: {m['label']}\n  total {_gb(m['total_bytes'])}: {modes}\n"
+            f"  resident {_gb(m['resident_bytes'])}, offloaded {_gb(m['offloaded_bytes'])} "
+            f"({m['load_device']}{', loaded' if m['loaded'] else ''})"
+        )
     d = report["device"]
     line = f"device {d['device']}: total {_gb(d['total_bytes'])}, free {_gb(d['free_bytes'])}"
     if "cuda" in d:
         c = d["cuda"]
-        line += (f"; allocated {_gb(c['allocated_bytes'])}, reserved {_gb(c['reserved_bytes'])}, "
-                 f"peak since last report {_gb(c['peak_allocated_since_last_report_bytes'])}")
+        line += (
+            f"; allocated {_gb(c['allocated_bytes'])}, reserved {_gb(c['reserved_bytes'])}, "
+            f"peak since last report {_gb(c['peak_allocated_since_last_report_bytes'])}"
+        )
     if "process_rss_bytes" in d:
-        line += (f"; process RSS {_gb(d['process_rss_bytes'])}, system RAM available "
-                 f"{_gb(d['system_ram_available_bytes'])} of {_gb(d['system_ram_total_bytes'])}")
+        line += (
+            f"; process RSS {_gb(d['process_rss_bytes'])}, system RAM available "
+            f"{_gb(d['system_ram_available_bytes'])} of {_gb(d['system_ram_total_bytes'])}"
+        )
     lines.append(line)
     return "\n".join(lines)
 
@@ -44,23 +53,43 @@ class LTXFP8VRAMReport(io.ComfyNode):
             node_id="LTXFP8VRAMReport",
             display_name="VRAM Report",
             category="utils/ltx fp8",
-            description=("Weight bytes of each MODEL by mode and dtype, resident on the device vs offloaded, "
-                         "and the device's memory (CUDA allocated/reserved/peak since the last report; on CPU "
-                         "the process RSS and system RAM). Put it after a sampler through 'passthrough' to "
-                         "measure the run."),
-            inputs=[io.Model.Input("model", tooltip=(
+            description=(
+                "Weight bytes of each MODEL by mode and dtype, resident on the device vs offloaded, "
+                "and the device's memory (CUDA allocated/reserved/peak since the last report; on CPU "
+                "the process RSS and system RAM). Put it after a sampler through 'passthrough' to "
+                "measure the run."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model",
+                    tooltip=(
                         "A MODEL to report: its weight bytes by mode (fp8-cast / scaled-mm 1 byte per weight, "
                         "bf16 2 bytes) and how many are resident on the device vs offloaded. Reporting "
-                        "allocates nothing; any device (CUDA adds allocated/reserved/peak)."))]
-                   + [io.Model.Input(n, optional=True, tooltip=(
+                        "allocates nothing; any device (CUDA adds allocated/reserved/peak)."
+                    ),
+                )
+            ]
+            + [
+                io.Model.Input(
+                    n,
+                    optional=True,
+                    tooltip=(
                         "Another MODEL to report, its own column on the canvas: weight bytes by mode, resident "
-                        "vs offloaded. Reporting allocates nothing; any device.")) for n in MODEL_INPUTS[1:]]
-                   + [io.AnyType.Input("passthrough", optional=True,
-                                       tooltip="Anything (e.g. a sampler's LATENT): forces this report to run "
-                                               "after it, so the CUDA peak covers the run; passed on unchanged "
-                                               "(no copy, no memory; any device).")],
-            outputs=[io.AnyType.Output(display_name="passthrough"),
-                     io.String.Output(display_name="json")],
+                        "vs offloaded. Reporting allocates nothing; any device."
+                    ),
+                )
+                for n in MODEL_INPUTS[1:]
+            ]
+            + [
+                io.AnyType.Input(
+                    "passthrough",
+                    optional=True,
+                    tooltip="Anything (e.g. a sampler's LATENT): forces this report to run "
+                    "after it, so the CUDA peak covers the run; passed on unchanged "
+                    "(no copy, no memory; any device).",
+                )
+            ],
+            outputs=[io.AnyType.Output(display_name="passthrough"), io.String.Output(display_name="json")],
             is_output_node=True,
             not_idempotent=True,
         )
@@ -72,12 +101,11 @@ class LTXFP8VRAMReport(io.ComfyNode):
     @classmethod
     def execute(cls, model, model_2=None, model_3=None, model_4=None, passthrough=None) -> io.NodeOutput:
         models = []
-        for name, m in zip(MODEL_INPUTS, (model, model_2, model_3, model_4)):
+        for name, m in zip(MODEL_INPUTS, (model, model_2, model_3, model_4), strict=False):
             if m is None:
                 continue
             label = m.model_options.get("ltx_fp8", {}).get("label", name)
             models.append({"input": name, **model_stats(m, label)})
         report = {"models": models, "device": device_stats(comfy.model_management.get_torch_device())}
         text = format_table(report)
-        return io.NodeOutput(passthrough, json.dumps(report),
-                             ui={"text": [text], "ltx_fp8_vram": [json.dumps(report)]})
+        return io.NodeOutput(passthrough, json.dumps(report), ui={"text": [text], "ltx_fp8_vram": [json.dumps(report)]})

@@ -1,6 +1,7 @@
 """The quant core: read any LTX-2 fp8 checkpoint encoding, keep every scale, hold each layer as
 `[out, in]`, and run it as fp8-cast, scaled-mm or bf16. torch + safetensors only; never imports
 ComfyUI (the pack's bridge/ does). `python -m quant --help` for the command line."""
+
 from .device import DeviceCaps, device_caps
 from .errors import CheckpointError
 from .layer import MODES, QuantLayer
@@ -9,6 +10,21 @@ from .loader import LoadPlan, iter_load, load, plan_checkpoint
 from .policy import PRESETS, Policy, PolicyError
 from .report import build_report, format_text
 
-__all__ = ["CheckpointError", "DeviceCaps", "LoadPlan", "MODES", "PRESETS", "Policy", "PolicyError",
-           "QuantLayer", "QuantLinear", "build_report", "device_caps", "format_text", "iter_load",
-           "linear_forward", "load", "plan_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DeviceCaps",
+    "LoadPlan",
+    "MODES",
+    "PRESETS",
+    "Policy",
+    "PolicyError",
+    "QuantLayer",
+    "QuantLinear",
+    "build_report",
+    "device_caps",
+    "format_text",
+    "iter_load",
+    "linear_forward",
+    "load",
+    "plan_checkpoint",
+]

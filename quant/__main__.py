@@ -1,4 +1,5 @@
 """Command line: `python -m quant inspect FILE [--json]`, `python -m quant verify FILE --reference REF`."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file")
-    common.add_argument("--policy", default="auto", help="preset and rules, e.g. 'fp8-cast; transformer_blocks.0.*=bf16'")
+    common.add_argument(
+        "--policy", default="auto", help="preset and rules, e.g. 'fp8-cast; transformer_blocks.0.*=bf16'"
+    )
     common.add_argument("--activation-scale", default="static", choices=("static", "dynamic"))
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "tensorrt-llm"))
     common.add_argument("--device", default="cpu")
@@ -36,14 +39,26 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "inspect":
-            plan = plan_checkpoint(args.file, args.policy, device=args.device,
-                                   compute_dtype=_DTYPES[args.dtype],
-                                   activation=args.activation_scale, backend=args.backend)
+            plan = plan_checkpoint(
+                args.file,
+                args.policy,
+                device=args.device,
+                compute_dtype=_DTYPES[args.dtype],
+                activation=args.activation_scale,
+                backend=args.backend,
+            )
             report = build_report(plan)
             print(json.dumps(report, indent=1) if args.json else format_text(report, args.rows))
         else:
-            result = verify(args.file, args.reference, args.policy, compute_dtype=_DTYPES[args.dtype],
-                            activation=args.activation_scale, backend=args.backend, device=args.device)
+            result = verify(
+                args.file,
+                args.reference,
+                args.policy,
+                compute_dtype=_DTYPES[args.dtype],
+                activation=args.activation_scale,
+                backend=args.backend,
+                device=args.device,
+            )
             print(json.dumps(result, indent=1) if args.json else _verify_text(result))
     except (CheckpointError, PolicyError, BackendUnavailable, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -52,9 +67,10 @@ def main(argv=None) -> int:
 
 
 def _verify_text(result: dict) -> str:
-    lines = [f"{result['file']} vs {result['reference']} (policy {result['policy']}, "
-             f"compute {result['compute_dtype']})",
-             f"{'layer':60s} {'mode':9s} {'weight_rel_err':>15s} {'output_rel_err':>15s}"]
+    lines = [
+        f"{result['file']} vs {result['reference']} (policy {result['policy']}, compute {result['compute_dtype']})",
+        f"{'layer':60s} {'mode':9s} {'weight_rel_err':>15s} {'output_rel_err':>15s}",
+    ]
     for r in result["layers"]:
         name = r["name"] if len(r["name"]) <= 60 else "..." + r["name"][-57:]
         lines.append(f"{name:60s} {r['mode']:9s} {r['weight_rel_err']:15.3e} {r['output_rel_err']:15.3e}")

@@ -4,6 +4,7 @@ Both take the weight as the cuBLAS `[in, out]` operand. We never store that layo
 the canonical `[out, in]` codes is exactly the column-major `[in, out]` view cuBLAS wants, so the
 transposition is free and square layers cannot silently go wrong (ltx-core issue #205).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,12 +19,13 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tensorrt_llm_available() -> bool:
     if importlib.util.find_spec("tensorrt_llm") is None:
         return False
     try:
         import tensorrt_llm  # noqa: F401  (registers torch.ops.trtllm)
+
         return hasattr(torch.ops, "trtllm") and hasattr(torch.ops.trtllm, "cublas_scaled_mm")
     except Exception:  # a broken install is the same as none, for "auto"
         return False
@@ -40,12 +42,20 @@ def resolve_backend(requested: str) -> str:
     if requested == "tensorrt-llm":
         raise BackendUnavailable(
             "backend 'tensorrt-llm' was asked for but tensorrt_llm is not importable "
-            "(it installs only on CUDA machines: pip install tensorrt_llm); use backend 'torch' or 'auto'")
+            "(it installs only on CUDA machines: pip install tensorrt_llm); use backend 'torch' or 'auto'"
+        )
     return "torch"
 
 
-def gemm_fp8(xq: torch.Tensor, codes: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-             bias: torch.Tensor | None, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+def gemm_fp8(
+    xq: torch.Tensor,
+    codes: torch.Tensor,
+    a_scale: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    backend: str,
+) -> torch.Tensor:
     """`(xq * a_scale) @ (codes * b_scale).T + bias` for 2-D fp8 `xq [M, in]`, `codes [out, in]`."""
     if b_scale.dim() == 1:
         # Row-wise weight scales need row-wise activation scales in the same call.
@@ -54,11 +64,11 @@ def gemm_fp8(xq: torch.Tensor, codes: torch.Tensor, a_scale: torch.Tensor, b_sca
     # cuBLAS fuses a bias only in a 16-bit output dtype; otherwise add it after.
     fuse_bias = bias is not None and out_dtype in (torch.bfloat16, torch.float16) and bias.dtype == out_dtype
     if backend == "tensorrt-llm":
-        out = torch.ops.trtllm.cublas_scaled_mm(xq, codes.t(), a_scale, b_scale,
-                                                bias if fuse_bias else None, out_dtype)
+        out = torch.ops.trtllm.cublas_scaled_mm(xq, codes.t(), a_scale, b_scale, bias if fuse_bias else None, out_dtype)
     else:
-        out = torch._scaled_mm(xq, codes.t(), scale_a=a_scale, scale_b=b_scale,
-                               bias=bias if fuse_bias else None, out_dtype=out_dtype)
+        out = torch._scaled_mm(
+            xq, codes.t(), scale_a=a_scale, scale_b=b_scale, bias=bias if fuse_bias else None, out_dtype=out_dtype
+        )
     if bias is not None and not fuse_bias:
         out = out + bias.to(out_dtype)
     return out

@@ -1,4 +1,5 @@
 """What the compute device can do with fp8, which decides `auto` and the scaled-mm fallbacks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ import torch
 @dataclass(frozen=True)
 class DeviceCaps:
     name: str
-    fp8_gemm: bool       # torch._scaled_mm runs here (CPU builds of torch 2.13 run it, slowly)
+    fp8_gemm: bool  # torch._scaled_mm runs here (CPU builds of torch 2.13 run it, slowly)
     fp8_gemm_fast: bool  # fp8 tensor cores: CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)
 
 

@@ -9,6 +9,7 @@ Encodings seen in the wild (shared/reference/ltx2-checkpoints.md):
 Every key ends up in exactly one bucket: a layer's part, another transformer tensor, a passenger,
 a marker, or unexpected. Nothing is dropped silently (the seed-001 bug was `strict=False`).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 FULL_DTYPES = ("BF16", "F16", "F32", "F64")
 # Sibling keys of a linear layer, by the role they play.
 SCALE_SUFFIXES = {
-    "weight_scale": "scale", "scale_weight": "scale",
-    "input_scale": "input_scale", "scale_input": "input_scale",
+    "weight_scale": "scale",
+    "scale_weight": "scale",
+    "input_scale": "input_scale",
+    "scale_input": "input_scale",
 }
 _LINEAR_PARTS = ("weight", "bias", "comfy_quant") + tuple(SCALE_SUFFIXES)
 SUPPORTED_COMFY_FORMATS = ("float8_e4m3fn",)
@@ -53,10 +56,10 @@ class FileContents:
     path: str
     prefix: str
     layers: dict[str, LayerSource]
-    tensors: dict[str, TensorInfo]          # other transformer tensors, by canonical name
-    passengers: dict[str, list[str]]        # group ("vae", ...) -> keys
-    markers: list[str]                      # consumed format markers (scaled_fp8)
-    unexpected: list[str]                   # keys nobody claims
+    tensors: dict[str, TensorInfo]  # other transformer tensors, by canonical name
+    passengers: dict[str, list[str]]  # group ("vae", ...) -> keys
+    markers: list[str]  # consumed format markers (scaled_fp8)
+    unexpected: list[str]  # keys nobody claims
     warnings: list[str]
     config: dict | None
 
@@ -81,11 +84,12 @@ def _quant_metadata(index: HeaderIndex) -> dict[str, dict]:
 def _comfy_quant_entry(index: HeaderIndex, f, key: str) -> dict:
     """The JSON held in a per-layer `.comfy_quant` uint8 tensor."""
     from .safetensors_header import read_tensor
+
     raw = read_tensor(f, index.tensors[key], index.path)
     try:
         entry = json.loads(bytes(raw.flatten().tolist()).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"comfy_quant entry is not UTF-8 JSON ({e})", file=index.path, tensor=key)
+        raise CheckpointError(f"comfy_quant entry is not UTF-8 JSON ({e})", file=index.path, tensor=key) from None
     if not isinstance(entry, dict):
         raise CheckpointError("comfy_quant entry is not a JSON object", file=index.path, tensor=key)
     return entry
@@ -111,7 +115,7 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
         if key in ("scaled_fp8", prefix + "scaled_fp8"):
             markers.append(key)
         elif prefix and key.startswith(prefix):
-            inner[key[len(prefix):]] = info
+            inner[key[len(prefix) :]] = info
         elif not prefix and not key.startswith(PASSENGER_GROUPS):
             inner[key] = info
         elif key.startswith(PASSENGER_GROUPS):
@@ -121,8 +125,7 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
 
     model_known = linear_names is not None
     if linear_names is None:
-        linear_names = {k[: -len(".weight")] for k, i in inner.items()
-                        if k.endswith(".weight") and len(i.shape) == 2}
+        linear_names = {k[: -len(".weight")] for k, i in inner.items() if k.endswith(".weight") and len(i.shape) == 2}
     qmeta = _quant_metadata(index)
 
     layers: dict[str, LayerSource] = {}
@@ -137,7 +140,7 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
         layers[name] = _layer_source(path, prefix, name, parts, qmeta, index, f, consumed)
 
     for qname in qmeta:
-        cname = qname[len(prefix):] if prefix and qname.startswith(prefix) else qname
+        cname = qname[len(prefix) :] if prefix and qname.startswith(prefix) else qname
         if cname not in layers:
             warnings.append(f"_quantization_metadata names layer {qname}, which the file does not hold")
 
@@ -154,16 +157,18 @@ def classify(index: HeaderIndex, f, linear_names: set[str] | None = None) -> Fil
             unexpected.append(prefix + name)
         else:
             tensors[name] = info
-    return FileContents(path, prefix, layers, tensors, passengers, markers, unexpected, warnings,
-                        _config(index))
+    return FileContents(path, prefix, layers, tensors, passengers, markers, unexpected, warnings, _config(index))
 
 
 def _layer_source(path, prefix, name, parts, qmeta, index, f, consumed) -> LayerSource:
     w = parts["weight"]
     full = prefix + name
     if len(w.shape) != 2:
-        raise CheckpointError(f"layer {name}: weight has shape {list(w.shape)}; a linear weight is 2-D "
-                              f"([out, in] or [in, out])", file=path, tensor=full + ".weight")
+        raise CheckpointError(
+            f"layer {name}: weight has shape {list(w.shape)}; a linear weight is 2-D ([out, in] or [in, out])",
+            file=path,
+            tensor=full + ".weight",
+        )
     scale = parts["weight_scale"] or parts["scale_weight"]
     input_scale = parts["input_scale"] or parts["scale_input"]
     comfy_entry = qmeta.get(full) or qmeta.get(name)
@@ -174,9 +179,12 @@ def _layer_source(path, prefix, name, parts, qmeta, index, f, consumed) -> Layer
         if comfy_entry is not None:
             fmt = comfy_entry.get("format")
             if fmt not in SUPPORTED_COMFY_FORMATS:
-                raise CheckpointError(f"layer {name}: quantization format {fmt!r} is not supported "
-                                      f"(supported: {', '.join(SUPPORTED_COMFY_FORMATS)})",
-                                      file=path, tensor=full + ".weight")
+                raise CheckpointError(
+                    f"layer {name}: quantization format {fmt!r} is not supported "
+                    f"(supported: {', '.join(SUPPORTED_COMFY_FORMATS)})",
+                    file=path,
+                    tensor=full + ".weight",
+                )
             encoding = "comfy-native"
         elif parts["scale_weight"] is not None:
             encoding = "comfy-legacy"
@@ -186,22 +194,31 @@ def _layer_source(path, prefix, name, parts, qmeta, index, f, consumed) -> Layer
             raise CheckpointError(
                 f"layer {name}: fp8 weight has no weight_scale (expected {full}.weight_scale or "
                 f"{full}.scale_weight); loading it unscaled would make it ~770x too large",
-                file=path, tensor=full + ".weight")
+                file=path,
+                tensor=full + ".weight",
+            )
     elif w.dtype in FULL_DTYPES:
         if comfy_entry is not None:
-            raise CheckpointError(f"layer {name}: quantization metadata says "
-                                  f"{comfy_entry.get('format')!r} but the weight is {w.dtype}",
-                                  file=path, tensor=full + ".weight")
+            raise CheckpointError(
+                f"layer {name}: quantization metadata says {comfy_entry.get('format')!r} but the weight is {w.dtype}",
+                file=path,
+                tensor=full + ".weight",
+            )
         if scale is not None:
-            raise CheckpointError(f"layer {name}: a weight scale sits beside a {w.dtype} weight; "
-                                  f"expected an fp8 weight", file=path, tensor=full + ".weight_scale")
+            raise CheckpointError(
+                f"layer {name}: a weight scale sits beside a {w.dtype} weight; expected an fp8 weight",
+                file=path,
+                tensor=full + ".weight_scale",
+            )
         encoding = "full-precision"
     else:
-        raise CheckpointError(f"layer {name}: weight dtype {w.dtype} is not a float type this "
-                              f"loader supports ({', '.join(FP8_DTYPES + FULL_DTYPES)})",
-                              file=path, tensor=full + ".weight")
-    return LayerSource(name, w, encoding, bias=parts["bias"], scale=scale, input_scale=input_scale,
-                       consumed=consumed)
+        raise CheckpointError(
+            f"layer {name}: weight dtype {w.dtype} is not a float type this "
+            f"loader supports ({', '.join(FP8_DTYPES + FULL_DTYPES)})",
+            file=path,
+            tensor=full + ".weight",
+        )
+    return LayerSource(name, w, encoding, bias=parts["bias"], scale=scale, input_scale=input_scale, consumed=consumed)
 
 
 def _config(index: HeaderIndex) -> dict | None:

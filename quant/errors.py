@@ -3,6 +3,7 @@
 Standards: an error names the file, the tensor and what was expected, so a user looking at a node
 error in ComfyUI can tell which of their files is broken and where.
 """
+
 from __future__ import annotations
 
 
@@ -20,7 +21,7 @@ class CheckpointError(ValueError):
             where.append(f"tensor {tensor}")
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
-    def with_file(self, file: str) -> "CheckpointError":
+    def with_file(self, file: str) -> CheckpointError:
         """The same error, naming `file` (raised deep in code that only saw tensor names)."""
         if self.file:
             return self

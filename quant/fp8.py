@@ -4,6 +4,7 @@ The true weight of an fp8 layer is `codes.float() * scale` (per-row: `scale[:, N
 scale gives weights ~770x too large (ltx-core PR #172); folding it in and re-casting to fp8 without a
 scale doubles the error (upstream's later fp8-cast fix). So codes and scale always travel together.
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,13 +70,20 @@ def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, ke
     if not (s.dim() == 0 or (s.dim() == 1 and s.shape[0] == rows)):
         raise CheckpointError(
             f"layer {layer}: weight scale has shape {list(scale.shape)}, expected [] (per-tensor) "
-            f"or [{rows}] / [{rows}, 1] (per-row)", file=file, tensor=key)
+            f"or [{rows}] / [{rows}, 1] (per-row)",
+            file=file,
+            tensor=key,
+        )
     s = s.to(torch.float32)
     _check_values(s, layer, file, key, "weight scale")
     if float(s.max()) * E4M3_MAX > F32_MAX:
         # codes * scale would overflow to inf: the layer's weights cannot be represented.
-        raise CheckpointError(f"layer {layer}: weight scale {float(s.max()):g} makes weights up to "
-                              f"{float(s.max()) * E4M3_MAX:g}, beyond the float32 range", file=file, tensor=key)
+        raise CheckpointError(
+            f"layer {layer}: weight scale {float(s.max()):g} makes weights up to "
+            f"{float(s.max()) * E4M3_MAX:g}, beyond the float32 range",
+            file=file,
+            tensor=key,
+        )
     return s
 
 
@@ -84,8 +92,8 @@ def check_input_scale(scale: torch.Tensor, layer: str, file: str | None, key: st
     _check_float(scale, layer, file, key, "input scale")
     if scale.numel() != 1:
         raise CheckpointError(
-            f"layer {layer}: input scale has shape {list(scale.shape)}, expected a single number",
-            file=file, tensor=key)
+            f"layer {layer}: input scale has shape {list(scale.shape)}, expected a single number", file=file, tensor=key
+        )
     s = scale.reshape(()).to(torch.float32)
     _check_values(s, layer, file, key, "input scale")
     return s
@@ -94,8 +102,11 @@ def check_input_scale(scale: torch.Tensor, layer: str, file: str | None, key: st
 def _check_float(s: torch.Tensor, layer: str, file: str | None, key: str, what: str) -> None:
     # An integer or bool tensor converted to fp32 would pass every value check with a made-up scale.
     if not s.is_floating_point():
-        raise CheckpointError(f"layer {layer}: {what} is stored as {str(s.dtype).replace('torch.', '')}; "
-                              f"expected a float tensor", file=file, tensor=key)
+        raise CheckpointError(
+            f"layer {layer}: {what} is stored as {str(s.dtype).replace('torch.', '')}; expected a float tensor",
+            file=file,
+            tensor=key,
+        )
 
 
 def check_finite(t: torch.Tensor, file: str | None, key: str, what: str = "tensor") -> None:
@@ -112,8 +123,7 @@ def _check_values(s: torch.Tensor, layer: str, file: str | None, key: str, what:
     if not torch.isfinite(s).all():
         raise CheckpointError(f"layer {layer}: {what} is not finite (NaN or inf)", file=file, tensor=key)
     if not (s > 0).all():
-        raise CheckpointError(f"layer {layer}: {what} must be > 0, found {s.min().item():g}",
-                              file=file, tensor=key)
+        raise CheckpointError(f"layer {layer}: {what} must be > 0, found {s.min().item():g}", file=file, tensor=key)
 
 
 def check_codes(codes: torch.Tensor, layer: str, file: str | None, key: str) -> None:
@@ -121,8 +131,9 @@ def check_codes(codes: torch.Tensor, layer: str, file: str | None, key: str) -> 
     if codes.dtype == FP8:
         # The NaN codes are 0xFF (the uint8 maximum) and 0x7F (the int8 maximum): two reductions
         # decide, without full-size temporaries (this check ran ~4x longer than reading the codes).
-        if codes.numel() == 0 or (int(codes.view(torch.uint8).max()) < 0xFF
-                                  and int(codes.view(torch.int8).max()) < 0x7F):
+        if codes.numel() == 0 or (
+            int(codes.view(torch.uint8).max()) < 0xFF and int(codes.view(torch.int8).max()) < 0x7F
+        ):
             return
         bits = codes.view(torch.uint8)
         nan = (bits & 0x7F) == 0x7F

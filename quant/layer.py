@@ -1,4 +1,5 @@
 """The canonical layer every file encoding converts into and every mode works from."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ class QuantLayer:
     bias: torch.Tensor | None = None
     mode: str = "bf16"
     source: str = "full-precision"  # the file encoding it came from (report only)
-    transposed: bool = False        # the file stored it [in, out] (report only)
+    transposed: bool = False  # the file stored it [in, out] (report only)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -64,6 +65,6 @@ class QuantLayer:
                 n += t.numel() * t.element_size()
         return n
 
-    def with_mode(self, mode: str) -> "QuantLayer":
+    def with_mode(self, mode: str) -> QuantLayer:
         """The same storage computing in another fp8 mode: shares every tensor, allocates nothing."""
         return replace(self, mode=mode)

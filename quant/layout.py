@@ -5,6 +5,7 @@ shapes disagree with one layout and agree with the other. Square layers cannot t
 file; this is exactly where ltx-core issue #205 computed garbage silently, so a file whose layers
 disagree is refused, naming the layer that disagrees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,20 +53,27 @@ def _layer_vote(src: LayerSource, want, path: str) -> str | None:
         return OUT_IN
     if (a, b) == (in_f, out_f):
         return IN_OUT
-    raise CheckpointError(f"layer {src.name}: weight shape {[a, b]} matches neither [out, in] = "
-                          f"{[out_f, in_f]} nor its transpose", file=path, tensor=src.weight.name)
+    raise CheckpointError(
+        f"layer {src.name}: weight shape {[a, b]} matches neither [out, in] = {[out_f, in_f]} nor its transpose",
+        file=path,
+        tensor=src.weight.name,
+    )
 
 
-def decide_layout(layers: dict[str, LayerSource], path: str,
-                  expected: dict[str, tuple[int, int]] | None = None) -> tuple[LayoutDecision, list[str]]:
+def decide_layout(
+    layers: dict[str, LayerSource], path: str, expected: dict[str, tuple[int, int]] | None = None
+) -> tuple[LayoutDecision, list[str]]:
     votes: dict[str, tuple[str, str]] = {}  # class -> (layout, first layer that voted)
     warnings: list[str] = []
     for src in layers.values():
         cls = "fp8" if src.stored_fp8 else "full"
         want = expected_out_in(src, expected)
         if want is not None and src.weight.shape[0] == src.weight.shape[1] and want[0] != want[1]:
-            raise CheckpointError(f"layer {src.name}: weight shape {list(src.weight.shape)} but the "
-                                  f"model expects {list(want)}", file=path, tensor=src.weight.name)
+            raise CheckpointError(
+                f"layer {src.name}: weight shape {list(src.weight.shape)} but the model expects {list(want)}",
+                file=path,
+                tensor=src.weight.name,
+            )
         vote = _layer_vote(src, want, path)
         if vote is None:
             continue
@@ -76,14 +84,18 @@ def decide_layout(layers: dict[str, LayerSource], path: str,
             raise CheckpointError(
                 f"layer {src.name}: stored {vote} but layer {first} of the same file is stored "
                 f"{first_layout}; a file must use one layout, refusing to guess for its square layers",
-                file=path, tensor=src.weight.name)
+                file=path,
+                tensor=src.weight.name,
+            )
     for cls in ("fp8", "full"):
         has_class = any((s.stored_fp8 == (cls == "fp8")) for s in layers.values())
         if has_class and cls not in votes:
-            warnings.append(f"{cls} layers are all square or of unknown shape: layout cannot be "
-                            f"checked, assuming [out, in]")
-    decision = LayoutDecision(votes.get("fp8", (OUT_IN, None))[0], votes.get("full", (OUT_IN, None))[0],
-                              {c: v[1] for c, v in votes.items()})
+            warnings.append(
+                f"{cls} layers are all square or of unknown shape: layout cannot be checked, assuming [out, in]"
+            )
+    decision = LayoutDecision(
+        votes.get("fp8", (OUT_IN, None))[0], votes.get("full", (OUT_IN, None))[0], {c: v[1] for c, v in votes.items()}
+    )
     if decision.full == IN_OUT:
         warnings.append("full-precision weights are stored [in, out]; transposing them at load")
     return decision, warnings

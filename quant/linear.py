@@ -3,6 +3,7 @@
 The host bridge (bridge/host_linear.py) reuses `linear_forward` so the same numerics run inside
 ComfyUI and in the CLI/benchmarks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -90,8 +91,9 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("input_scale", layer.input_scale)
 
     def forward(self, x):
-        return linear_forward(x, self.weight, self.bias, self.weight_scale, self.input_scale,
-                              self.mode, self.activation, self.backend)
+        return linear_forward(
+            x, self.weight, self.bias, self.weight_scale, self.input_scale, self.mode, self.activation, self.backend
+        )
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, mode={self.mode}, weight={self.weight.dtype}"

@@ -6,15 +6,17 @@ weight is read, so no caller is ever left with half a model. `iter_load` then yi
 canonical `QuantLayer` or plain tensor at a time; a full-precision layer headed for an fp8 mode is
 quantized right there, so no full-precision copy of the whole model ever exists.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
+from .backends import resolve_backend
 from .device import DeviceCaps, device_caps
 from .encodings import FULL_DTYPES, FileContents, LayerSource, classify, detect_prefix
 from .errors import CheckpointError
@@ -23,7 +25,6 @@ from .layer import QuantLayer
 from .layout import IN_OUT, LayoutDecision, decide_layout
 from .linear import ACTIVATION_SCALES, kernel_accepts
 from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, is_sensitive, resolved_config
-from .backends import resolve_backend
 from .policy import Policy
 from .safetensors_header import HeaderIndex, read_header, read_tensor
 
@@ -33,12 +34,12 @@ log = logging.getLogger("ltx_fp8")
 @dataclass
 class LayerPlan:
     src: LayerSource
-    mode: str                      # final mode, after fallbacks
-    requested: str                 # what the policy asked for
-    transposed: bool               # stored [in, out]; transposed to [out, in] at load
-    scale: torch.Tensor | None     # validated fp32 scale ([] or [out]), None for full precision
+    mode: str  # final mode, after fallbacks
+    requested: str  # what the policy asked for
+    transposed: bool  # stored [in, out]; transposed to [out, in] at load
+    scale: torch.Tensor | None  # validated fp32 scale ([] or [out]), None for full precision
     input_scale: torch.Tensor | None
-    note: str = ""                 # why mode != requested, or what happens at load
+    note: str = ""  # why mode != requested, or what happens at load
 
     @property
     def name(self) -> str:
@@ -76,11 +77,19 @@ class LoadPlan:
         return next(lp for lp in self.layers if lp.name == name)
 
 
-def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
-                    compute_dtype: torch.dtype = torch.bfloat16, activation: str = "static",
-                    backend: str = "auto", linear_shapes: dict[str, tuple[int, int]] | None = None,
-                    allow_unexpected: bool = False, per_row_quant: bool = False,
-                    index: HeaderIndex | None = None) -> LoadPlan:
+def plan_checkpoint(
+    path: str,
+    policy: Policy | str = "auto",
+    *,
+    device=None,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    activation: str = "static",
+    backend: str = "auto",
+    linear_shapes: dict[str, tuple[int, int]] | None = None,
+    allow_unexpected: bool = False,
+    per_row_quant: bool = False,
+    index: HeaderIndex | None = None,
+) -> LoadPlan:
     """Everything about a load that the header and scales decide. Raises CheckpointError."""
     policy = Policy.from_string(policy) if isinstance(policy, str) else policy
     if activation not in ACTIVATION_SCALES:
@@ -96,8 +105,11 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
     with open(path, "rb") as f:
         identity = _file_identity(f, path)
         if identity[2] != index.file_size:
-            raise CheckpointError(f"the file changed on disk while it was being planned ({index.file_size} "
-                                  f"bytes when its header was read, {identity[2]} now)", file=path)
+            raise CheckpointError(
+                f"the file changed on disk while it was being planned ({index.file_size} "
+                f"bytes when its header was read, {identity[2]} now)",
+                file=path,
+            )
         contents = classify(index, f, set(linear_shapes) if linear_shapes else None)
         contents.warnings[:0] = config_warnings
         _refuse_unexpected(contents, allow_unexpected)
@@ -109,8 +121,21 @@ def plan_checkpoint(path: str, policy: Policy | str = "auto", *, device=None,
     if any(lp.mode == "scaled-mm" for lp in layers):
         resolved_backend = resolve_backend(backend)
     _note_fallbacks(layers, warnings, caps)
-    return LoadPlan(path, index, contents, layout, layers, policy, caps, compute_dtype, activation,
-                    resolved_backend, per_row_quant, warnings, identity)
+    return LoadPlan(
+        path,
+        index,
+        contents,
+        layout,
+        layers,
+        policy,
+        caps,
+        compute_dtype,
+        activation,
+        resolved_backend,
+        per_row_quant,
+        warnings,
+        identity,
+    )
 
 
 def _file_identity(f, path: str) -> tuple:
@@ -125,21 +150,18 @@ def _config_shapes(index: HeaderIndex, warnings: list[str]):
     if not isinstance(cfg, dict) or not isinstance(cfg.get("transformer"), dict):
         return None
     prefix = detect_prefix(index.tensors)
-    blocks = count_blocks(k[len(prefix):] for k in index.tensors if k.startswith(prefix))
+    blocks = count_blocks(k[len(prefix) :] for k in index.tensors if k.startswith(prefix))
     problem = config_problem(cfg["transformer"], blocks, len(index.tensors))
     if problem:
         if blocks > len(index.tensors):
-            key = next(k for k in index.tensors if k.startswith(prefix)
-                       and count_blocks([k[len(prefix):]]) == blocks)
+            key = next(k for k in index.tensors if k.startswith(prefix) and count_blocks([k[len(prefix) :]]) == blocks)
             raise CheckpointError(problem, file=index.path, tensor=key)
-        warnings.append(f"header config['transformer'] not usable for shapes ({problem}); "
-                        f"layout decided from biases")
+        warnings.append(f"header config['transformer'] not usable for shapes ({problem}); layout decided from biases")
         return None
     try:
         return expected_linear_shapes(cfg["transformer"], num_layers=blocks or None)
     except (KeyError, TypeError, ValueError) as e:
-        warnings.append(f"header config['transformer'] not usable for shapes ({e}); "
-                        f"layout decided from biases")
+        warnings.append(f"header config['transformer'] not usable for shapes ({e}); layout decided from biases")
         return None
 
 
@@ -153,8 +175,10 @@ def config_problem(transformer: dict, blocks: int, n_tensors: int) -> str | None
     [0, 2**20], and no count of layers may exceed the number of tensors in the file (each layer
     has several): the sizes of a hostile header are never looped over or multiplied blindly."""
     if blocks > n_tensors:
-        return (f"a key names transformer block {blocks - 1}, but the file holds only {n_tensors} "
-                f"tensors; expected blocks numbered from 0")
+        return (
+            f"a key names transformer block {blocks - 1}, but the file holds only {n_tensors} "
+            f"tensors; expected blocks numbered from 0"
+        )
     try:
         cfg = resolved_config(transformer)
     except (TypeError, ValueError) as e:
@@ -179,9 +203,13 @@ def _refuse_trailing_bytes(index: HeaderIndex) -> None:
         return
     last = max(index.tensors.values(), key=lambda t: t.end)
     if last.end < index.file_size:
-        raise CheckpointError(f"the file holds {index.file_size - last.end} byte(s) past the end of its last "
-                              f"tensor (which ends at byte {last.end}); a wrong header length would shift "
-                              f"every tensor, refusing", file=index.path, tensor=last.name)
+        raise CheckpointError(
+            f"the file holds {index.file_size - last.end} byte(s) past the end of its last "
+            f"tensor (which ends at byte {last.end}); a wrong header length would shift "
+            f"every tensor, refusing",
+            file=index.path,
+            tensor=last.name,
+        )
 
 
 def _refuse_non_float(contents: FileContents) -> None:
@@ -189,32 +217,44 @@ def _refuse_non_float(contents: FileContents) -> None:
     bytes converted to floats would load as made-up weights."""
     for name, info in contents.tensors.items():
         if info.dtype not in FULL_DTYPES:
-            raise CheckpointError(f"{name} is stored as {info.dtype}; expected a float tensor "
-                                  f"({', '.join(FULL_DTYPES)})", file=contents.path, tensor=contents.prefix + name)
+            raise CheckpointError(
+                f"{name} is stored as {info.dtype}; expected a float tensor ({', '.join(FULL_DTYPES)})",
+                file=contents.path,
+                tensor=contents.prefix + name,
+            )
 
 
 def _refuse_unexpected(contents: FileContents, allow: bool) -> None:
-    inside = [k for k in contents.unexpected if contents.prefix and k.startswith(contents.prefix)
-              or not contents.prefix]
+    inside = [
+        k for k in contents.unexpected if contents.prefix and k.startswith(contents.prefix) or not contents.prefix
+    ]
     if inside and not allow:
-        raise CheckpointError(f"{len(inside)} unexpected key(s) inside the transformer, first: {inside[0]} "
-                              f"(a scale or tensor no layer claims; pass allow_unexpected to load anyway)",
-                              file=contents.path, tensor=inside[0])
+        raise CheckpointError(
+            f"{len(inside)} unexpected key(s) inside the transformer, first: {inside[0]} "
+            f"(a scale or tensor no layer claims; pass allow_unexpected to load anyway)",
+            file=contents.path,
+            tensor=inside[0],
+        )
     if contents.unexpected:
-        contents.warnings.append(f"{len(contents.unexpected)} unexpected key(s) ignored: "
-                                 f"{', '.join(contents.unexpected[:5])}")
+        contents.warnings.append(
+            f"{len(contents.unexpected)} unexpected key(s) ignored: {', '.join(contents.unexpected[:5])}"
+        )
 
 
-def _plan_layer(src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision, policy: Policy,
-                caps: DeviceCaps) -> LayerPlan:
+def _plan_layer(
+    src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision, policy: Policy, caps: DeviceCaps
+) -> LayerPlan:
     path = index.path
     transposed = (layout.fp8 if src.stored_fp8 else layout.full) == IN_OUT
     a, b = src.weight.shape
     out_f, in_f = (b, a) if transposed else (a, b)
     if src.bias is not None and (tuple(src.bias.shape) != (out_f,) or src.bias.dtype not in FULL_DTYPES):
-        raise CheckpointError(f"layer {src.name}: bias is {src.bias.dtype}{list(src.bias.shape)}, expected a "
-                              f"float [{out_f}] for weight [out, in] = [{out_f}, {in_f}]",
-                              file=path, tensor=src.bias.name)
+        raise CheckpointError(
+            f"layer {src.name}: bias is {src.bias.dtype}{list(src.bias.shape)}, expected a "
+            f"float [{out_f}] for weight [out, in] = [{out_f}, {in_f}]",
+            file=path,
+            tensor=src.bias.name,
+        )
     scale = input_scale = None
     if src.stored_fp8:
         scale = check_scale(read_tensor(f, src.scale, path), out_f, src.name, path, src.scale.name)
@@ -223,8 +263,9 @@ def _plan_layer(src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision,
             # Legacy scaled-fp8 files write scale_input = 1.0 to mean "no static scale".
             if not (src.encoding == "comfy-legacy" and raw.numel() == 1 and float(raw.float()) == 1.0):
                 input_scale = check_input_scale(raw, src.name, path, src.input_scale.name)
-    requested = policy.mode_for(src.name, src.stored_fp8 and src.weight.dtype == "F8_E4M3",
-                                is_sensitive(src.name), caps.fp8_gemm_fast)
+    requested = policy.mode_for(
+        src.name, src.stored_fp8 and src.weight.dtype == "F8_E4M3", is_sensitive(src.name), caps.fp8_gemm_fast
+    )
     mode, note = requested, ""
     if mode == "scaled-mm" and not kernel_accepts(out_f, in_f):
         mode, note = "fp8-cast", f"scaled-mm needs dims multiple of 16, got [{out_f}, {in_f}]"
@@ -238,21 +279,27 @@ def _plan_layer(src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision,
 
 
 def _note_fallbacks(layers: list[LayerPlan], warnings: list[str], caps: DeviceCaps) -> None:
-    device_fallback = [lp for lp in layers if lp.requested == "scaled-mm" and lp.mode == "fp8-cast"
-                       and "fp8 GEMM" in lp.note]
+    device_fallback = [
+        lp for lp in layers if lp.requested == "scaled-mm" and lp.mode == "fp8-cast" and "fp8 GEMM" in lp.note
+    ]
     if device_fallback:
         # One warning, not one per layer (issue 2: "falls back to fp8-cast with one warning").
-        msg = (f"scaled-mm is not available on {caps.name}: {len(device_fallback)} layers run as "
-               f"fp8-cast instead (fp8 GEMM needs CUDA compute capability 8.9+)")
+        msg = (
+            f"scaled-mm is not available on {caps.name}: {len(device_fallback)} layers run as "
+            f"fp8-cast instead (fp8 GEMM needs CUDA compute capability 8.9+)"
+        )
         warnings.append(msg)
         log.warning(msg)
     kernel = [lp.name for lp in layers if lp.requested == "scaled-mm" and "multiple of 16" in lp.note]
     if kernel:
-        warnings.append(f"{len(kernel)} layers have dims not multiple of 16 and run as fp8-cast: "
-                        f"{', '.join(kernel[:4])}{' ...' if len(kernel) > 4 else ''}")
+        warnings.append(
+            f"{len(kernel)} layers have dims not multiple of 16 and run as fp8-cast: "
+            f"{', '.join(kernel[:4])}{' ...' if len(kernel) > 4 else ''}"
+        )
 
 
 # -- streaming ------------------------------------------------------------------------------------
+
 
 def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
     """Read one layer and convert it into the canonical `[out, in]` form of its mode."""
@@ -285,17 +332,26 @@ def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
         # quantization itself): NaN propagates to both ends, an inf shows in one.
         lo, hi = torch.aminmax(w)
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
-            raise CheckpointError(f"layer {src.name}: weight holds NaN or inf, cannot quantize",
-                                  file=path, tensor=src.weight.name)
+            raise CheckpointError(
+                f"layer {src.name}: weight holds NaN or inf, cannot quantize", file=path, tensor=src.weight.name
+            )
         w, scale = quantize(w, per_row=plan.per_row_quant)
-    layer = QuantLayer(src.name, w.to(device), None if scale is None else scale.to(device),
-                       None if input_scale is None else input_scale.to(device),
-                       None if bias is None else bias.to(device), lp.mode, src.encoding, lp.transposed)
+    layer = QuantLayer(
+        src.name,
+        w.to(device),
+        None if scale is None else scale.to(device),
+        None if input_scale is None else input_scale.to(device),
+        None if bias is None else bias.to(device),
+        lp.mode,
+        src.encoding,
+        lp.transposed,
+    )
     return layer
 
 
-def iter_load(plan: LoadPlan, device="cpu", names: set[str] | None = None,
-              tensor_dtype: torch.dtype | None = None) -> Iterator[tuple[str, QuantLayer | torch.Tensor]]:
+def iter_load(
+    plan: LoadPlan, device="cpu", names: set[str] | None = None, tensor_dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, QuantLayer | torch.Tensor]]:
     """Yield `(name, QuantLayer)` for every linear and `(name, tensor)` for every other transformer
     tensor, one at a time, in file order. `names` restricts to some canonical names."""
     items = [(lp.src.weight.begin, lp.name, lp) for lp in plan.layers]
@@ -303,9 +359,11 @@ def iter_load(plan: LoadPlan, device="cpu", names: set[str] | None = None,
     items.sort(key=lambda t: t[0])  # file order: sequential reads
     with open(plan.path, "rb") as f:
         if plan.file_identity is not None and _file_identity(f, plan.path) != plan.file_identity:
-            raise CheckpointError("the file changed on disk since its load was planned (size, mtime or inode "
-                                  "differ); its header no longer describes its bytes, load it again",
-                                  file=plan.path)
+            raise CheckpointError(
+                "the file changed on disk since its load was planned (size, mtime or inode "
+                "differ); its header no longer describes its bytes, load it again",
+                file=plan.path,
+            )
         for _, name, item in items:
             if names is not None and name not in names:
                 continue
@@ -319,7 +377,9 @@ def iter_load(plan: LoadPlan, device="cpu", names: set[str] | None = None,
                 yield name, t.to(device)
 
 
-def load(path: str, policy: Policy | str = "auto", **kw) -> tuple[LoadPlan, dict[str, QuantLayer], dict[str, torch.Tensor]]:
+def load(
+    path: str, policy: Policy | str = "auto", **kw
+) -> tuple[LoadPlan, dict[str, QuantLayer], dict[str, torch.Tensor]]:
     """Plan and load a whole file into memory (CLI, tests, benchmarks)."""
     device = kw.pop("load_device", "cpu")
     plan = plan_checkpoint(path, policy, **kw)

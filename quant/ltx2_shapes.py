@@ -12,6 +12,7 @@ Names have no file prefix: `transformer_blocks.3.attn1.to_q`, `patchify_proj`,
 
 Pure Python (no torch): the layout decision and the CLI use it on the header alone.
 """
+
 from __future__ import annotations
 
 import re
@@ -68,8 +69,7 @@ def resolved_config(transformer_config: dict | None, num_layers: int | None = No
     return cfg
 
 
-def _attention(out: dict, name: str, query_dim: int, context_dim: int, heads: int, dim_head: int,
-               gated: bool) -> None:
+def _attention(out: dict, name: str, query_dim: int, context_dim: int, heads: int, dim_head: int, gated: bool) -> None:
     """model.py CrossAttention: to_q/k/v [inner, query|context], to_gate_logits [heads, query],
     to_out.0 [query, inner]."""
     inner = heads * dim_head
@@ -138,8 +138,9 @@ def _block(out: dict, cfg: dict, i: int) -> None:
     _ff(out, f"{p}.audio_ff", a_dim)
 
 
-def expected_linear_shapes(transformer_config: dict | None,
-                           num_layers: int | None = None) -> dict[str, tuple[int, int]]:
+def expected_linear_shapes(
+    transformer_config: dict | None, num_layers: int | None = None
+) -> dict[str, tuple[int, int]]:
     """Every nn.Linear of the host's LTXAVModel for this config -> its weight shape `(out, in)`.
 
     `num_layers` overrides `config["num_layers"]` (files count their blocks from keys, as the host's
@@ -169,10 +170,22 @@ def expected_linear_shapes(transformer_config: dict | None,
     _adaln(out, "av_ca_v2a_gate_adaln_single", a_dim, 1)
     _caption_projection(out, "audio_caption_projection", cfg, a_dim)
     gated_c = bool(cfg["connector_apply_gated_attention"])
-    _connector(out, "audio_embeddings_connector", cfg["audio_connector_num_attention_heads"],
-               cfg["audio_connector_attention_head_dim"], cfg["connector_num_layers"], gated_c)
-    _connector(out, "video_embeddings_connector", cfg["connector_num_attention_heads"],
-               cfg["connector_attention_head_dim"], cfg["connector_num_layers"], gated_c)
+    _connector(
+        out,
+        "audio_embeddings_connector",
+        cfg["audio_connector_num_attention_heads"],
+        cfg["audio_connector_attention_head_dim"],
+        cfg["connector_num_layers"],
+        gated_c,
+    )
+    _connector(
+        out,
+        "video_embeddings_connector",
+        cfg["connector_num_attention_heads"],
+        cfg["connector_attention_head_dim"],
+        cfg["connector_num_layers"],
+        gated_c,
+    )
 
     # LTXAVModel._init_transformer_blocks
     for i in range(cfg["num_layers"]):
@@ -187,7 +200,7 @@ def expected_linear_shapes(transformer_config: dict | None,
 def strip_prefix(name: str) -> str:
     for p in _PREFIXES:
         if name.startswith(p):
-            return name[len(p):]
+            return name[len(p) :]
     return name
 
 

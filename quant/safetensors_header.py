@@ -15,6 +15,7 @@ File layout (https://github.com/huggingface/safetensors, "Format"):
 Every refusal is a `CheckpointError`; bad input never surfaces as KeyError, TypeError,
 OverflowError, RecursionError or MemoryError.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,10 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import torch
 
@@ -129,14 +131,10 @@ class HeaderIndex:
 def refuse_pickle(path: str | os.PathLike) -> None:
     """Refuse pickle-based checkpoints by name: unpickling runs arbitrary code."""
     if Path(path).suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            "pickle formats are never unpickled; convert to safetensors", file=os.fspath(path)
-        )
+        raise CheckpointError("pickle formats are never unpickled; convert to safetensors", file=os.fspath(path))
 
 
-def read_header(
-    path: str | os.PathLike, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-) -> HeaderIndex:
+def read_header(path: str | os.PathLike, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> HeaderIndex:
     """Read and validate the header of `path`. Reads only the first 8 + header_size bytes."""
     with _open(path) as f:
         return _read_header_from(f, os.fspath(path), max_header_bytes)
@@ -222,17 +220,13 @@ def _read_header_from(f: BinaryIO, path: str, max_header_bytes: int) -> HeaderIn
 
     raw = _read_at(f, _LENGTH_PREFIX, header_size, path)
     if len(raw) != header_size:
-        raise CheckpointError(
-            f"short read of the header: got {len(raw)} of {header_size} bytes", file=path
-        )
+        raise CheckpointError(f"short read of the header: got {len(raw)} of {header_size} bytes", file=path)
     header = _parse_header_json(raw, path)
     tensors, metadata = _validate_entries(header, path, file_size, _LENGTH_PREFIX + header_size)
     return HeaderIndex(path, file_size, header_size, tensors, metadata)
 
 
-def _check_header_size(
-    header_size: int, file_size: int, max_header_bytes: int, prefix: bytes, path: str
-) -> None:
+def _check_header_size(header_size: int, file_size: int, max_header_bytes: int, prefix: bytes, path: str) -> None:
     if header_size == 0:
         raise CheckpointError("header length is 0; expected a JSON object", file=path)
     if header_size > max_header_bytes:
@@ -244,8 +238,7 @@ def _check_header_size(
     if _LENGTH_PREFIX + header_size > file_size:
         raise CheckpointError(
             f"header length {header_size} runs past the end of the file "
-            f"(8 + {header_size} > {file_size} bytes; truncated download?)"
-            + _not_safetensors_hint(prefix),
+            f"(8 + {header_size} > {file_size} bytes; truncated download?)" + _not_safetensors_hint(prefix),
             file=path,
         )
 
@@ -289,9 +282,7 @@ def _read_exactly_into(f: BinaryIO, offset: int, buf: bytearray, path: str | Non
                 break
             got += n
     except OSError as e:
-        raise CheckpointError(
-            f"read failed at offset {offset + got}: {e.strerror or e}", file=path, tensor=name
-        ) from e
+        raise CheckpointError(f"read failed at offset {offset + got}: {e.strerror or e}", file=path, tensor=name) from e
     finally:
         view.release()
     return got
@@ -375,9 +366,7 @@ def _parse_header_json(raw: bytes, path: str) -> dict:
     except _JSON_FAILURES as e:
         raise CheckpointError(f"header is not valid JSON ({_json_failure(e)})", file=path) from None
     if not isinstance(header, dict):
-        raise CheckpointError(
-            f"header is a JSON {_describe(header)}; expected a JSON object", file=path
-        )
+        raise CheckpointError(f"header is a JSON {_describe(header)}; expected a JSON object", file=path)
     return header
 
 
@@ -410,14 +399,10 @@ def _validate_metadata(entry: object, path: str) -> dict[str, str]:
     if entry is None:  # the reference implementation accepts null as "no metadata"
         return {}
     if not isinstance(entry, dict):
-        raise CheckpointError(
-            f"__metadata__ is a JSON {_describe(entry)}; expected an object of strings", file=path
-        )
+        raise CheckpointError(f"__metadata__ is a JSON {_describe(entry)}; expected an object of strings", file=path)
     repeated = _repeated_key(entry)
     if repeated is not None:
-        raise CheckpointError(
-            f"__metadata__ repeats the key {_short(repeated)}; expected unique keys", file=path
-        )
+        raise CheckpointError(f"__metadata__ repeats the key {_short(repeated)}; expected unique keys", file=path)
     for key, value in entry.items():
         if not isinstance(value, str):
             raise CheckpointError(

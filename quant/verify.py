@@ -4,6 +4,7 @@ Both errors are measured against float64 math on the reference's weights, never 
 under test: `weight_rel_err = |W_eff - W_ref| / |W_ref|` (Frobenius) and `output_rel_err` of the
 loaded layer on a fixed random input against `F.linear` in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,10 +23,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())
 
 
-def verify(path: str, reference: str, policy="auto", *, compute_dtype=torch.float32,
-           activation="static", backend="auto", device="cpu", seed=0) -> dict:
-    plan = plan_checkpoint(path, policy, device=device, compute_dtype=compute_dtype,
-                           activation=activation, backend=backend)
+def verify(
+    path: str,
+    reference: str,
+    policy="auto",
+    *,
+    compute_dtype=torch.float32,
+    activation="static",
+    backend="auto",
+    device="cpu",
+    seed=0,
+) -> dict:
+    plan = plan_checkpoint(
+        path, policy, device=device, compute_dtype=compute_dtype, activation=activation, backend=backend
+    )
     _, ref_layers, _ = load(reference, "bf16", compute_dtype=torch.float64)
     missing = [lp.name for lp in plan.layers if lp.name not in ref_layers]
     if missing:
@@ -40,15 +51,24 @@ def verify(path: str, reference: str, policy="auto", *, compute_dtype=torch.floa
         x = torch.randn(TOKENS, layer.in_features, generator=gen, dtype=torch.float64)
         y_ref = F.linear(x, w_ref, None if ref.bias is None else ref.bias.double())
         y = QuantLinear(layer, activation, backend)(x.to(device=device, dtype=compute_dtype))
-        rows.append({
-            "name": name, "mode": layer.mode, "encoding": layer.source,
-            "quantized": layer.quantized,
-            "weight_rel_err": rel_err(layer.effective_weight(torch.float64).cpu(), w_ref),
-            "output_rel_err": rel_err(y.cpu(), y_ref),
-        })
-    return {"file": path, "reference": reference, "policy": plan.policy.to_string(),
-            "compute_dtype": str(compute_dtype).replace("torch.", ""), "layers": rows,
-            "max": _maxima(rows)}
+        rows.append(
+            {
+                "name": name,
+                "mode": layer.mode,
+                "encoding": layer.source,
+                "quantized": layer.quantized,
+                "weight_rel_err": rel_err(layer.effective_weight(torch.float64).cpu(), w_ref),
+                "output_rel_err": rel_err(y.cpu(), y_ref),
+            }
+        )
+    return {
+        "file": path,
+        "reference": reference,
+        "policy": plan.policy.to_string(),
+        "compute_dtype": str(compute_dtype).replace("torch.", ""),
+        "layers": rows,
+        "max": _maxima(rows),
+    }
 
 
 def _maxima(rows: list[dict]) -> dict:

@@ -10,9 +10,9 @@ the host's custom_nodes.
 Tests using either fixture get the `host` marker (deselect them with `-m "not host"`).
 The session host's log is kept at `test-artifacts/host.log`.
 """
+
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -96,8 +96,10 @@ FIGURES: list[tuple[str, str]] = []
 def figures():
     """`figures(section, line)`: a line shown in the run's terminal summary ("figures") and kept in
     test-artifacts/figures.txt, e.g. fuzz case counts or measured RSS margins."""
+
     def add(section: str, line: str) -> None:
         FIGURES.append((section, line))
+
     return add
 
 

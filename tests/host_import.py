@@ -18,6 +18,7 @@ The host lives at `<repo>/.host/ComfyUI` unless the environment variable COMFYUI
 another ComfyUI tree. HOST_AVAILABLE is False (and HOST_SKIP_REASON says why) only when that tree
 is absent; a host that is present but fails to import is a test failure, not a skip.
 """
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ default; LTXFP8_HOST_DEVICE or device="cpu"/"gpu" force it), so CPU-only machine
 
 Only the standard library is used here, so the module also works from a plain python.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui-ltx-fp8"
@@ -159,16 +161,23 @@ class Host:
 
     def command(self) -> list[str]:
         return [
-            host_python(), str(LAUNCHER),
+            host_python(),
+            str(LAUNCHER),
             *(["--cpu"] if self.device == "cpu" else []),
-            "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--base-directory", str(self.base_dir),
-            "--database-url", "sqlite:///:memory:",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--base-directory",
+            str(self.base_dir),
+            "--database-url",
+            "sqlite:///:memory:",
             *self.extra_args,
         ]
 
     # ----- life cycle ---------------------------------------------------------------------------
-    def start(self) -> "Host":
+    def start(self) -> Host:
         if self.proc is not None:
             raise HostError("host already started")
         if not (HOST_DIR / "main.py").is_file():
@@ -193,13 +202,19 @@ class Host:
         self._log_file = open(self.log_path, "ab", buffering=0)
         self._log_offset = self.log_path.stat().st_size
         env = dict(os.environ)
-        env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1",
-                    "LTXFP8_HOST_DEVICE": self.device})
+        env.update(
+            {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "LTXFP8_HOST_DEVICE": self.device}
+        )
         env.update(self.env)
         self._t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            self.command(), cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command(),
+            cwd=str(REPO),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def _wait_ready(self) -> None:
@@ -213,12 +228,11 @@ class Host:
                     if r.status == 200:
                         self.startup_seconds = time.monotonic() - self._t0
                         return
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
                 pass
             if time.monotonic() > deadline:
                 raise HostError(
-                    f"host not answering /system_stats after {self.startup_timeout:.0f} s\n"
-                    f"{self.log_tail()}"
+                    f"host not answering /system_stats after {self.startup_timeout:.0f} s\n{self.log_tail()}"
                 )
             time.sleep(0.2)
 
@@ -252,7 +266,7 @@ class Host:
         if self._own_base:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> "Host":
+    def __enter__(self) -> Host:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -262,7 +276,7 @@ class Host:
     def log_text(self, raw: bool = False) -> str:
         """This run's stdout+stderr so far (ANSI colour codes stripped unless raw)."""
         try:
-            data = self.log_path.read_bytes()[getattr(self, "_log_offset", 0):]
+            data = self.log_path.read_bytes()[getattr(self, "_log_offset", 0) :]
         except FileNotFoundError:
             return ""
         text = data.decode("utf-8", "replace")
@@ -307,7 +321,9 @@ class Host:
         path = "/object_info" if cls is None else "/object_info/" + urllib.parse.quote(cls, safe="")
         return self.get(path)
 
-    def post_prompt(self, prompt: Mapping, client_id: str | None = None, extra: Mapping | None = None) -> tuple[int, Any]:
+    def post_prompt(
+        self, prompt: Mapping, client_id: str | None = None, extra: Mapping | None = None
+    ) -> tuple[int, Any]:
         """Queue an API-format prompt; returns (status, json): 200 {prompt_id, number, node_errors} or 400."""
         body = {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex}
         if extra:
@@ -344,8 +360,12 @@ class Host:
         if status != 200:
             if check:
                 raise HostError(f"prompt refused ({status}): {json.dumps(body, indent=1)}")
-            return {"status": {"status_str": "refused", "completed": False, "messages": []},
-                    "outputs": {}, "response": body, "http_status": status}
+            return {
+                "status": {"status_str": "refused", "completed": False, "messages": []},
+                "outputs": {},
+                "response": body,
+                "http_status": status,
+            }
         entry = self.wait_history(body["prompt_id"], timeout=timeout)
         entry["prompt_id"] = body["prompt_id"]
         if check and entry["status"].get("status_str") != "success":
@@ -380,7 +400,7 @@ def custom_node_import_lines(log: str) -> list[str]:
     out: list[str] = []
     for i, line in enumerate(lines):
         if "Import times for custom nodes" in line:
-            for nxt in lines[i + 1:]:
+            for nxt in lines[i + 1 :]:
                 if "seconds" not in nxt:
                     break
                 out.append(nxt.strip())

@@ -15,6 +15,7 @@ weight that came out is finite and every scale positive and finite.
 Mutators take an `R` (random source): a seeded `random.Random`, hypothesis's `st.randoms()`, or
 atheris's FuzzedDataProvider, so the three drivers share the same mutations.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,15 +49,50 @@ BASES: dict[str, dict] = {
     "bf16": dict(encoding="bf16", prefix=""),
 }
 POLICIES = ("auto", "fp8-cast", "scaled-mm", "bf16", "fp8-cast; transformer_blocks.1.attn1.*=bf16")
-KINDS = ("header_flip", "data_flip", "truncate", "length_field", "offsets", "dtype_shape",
-         "duplicate_key", "non_utf8_name", "scale_value", "scale_shape", "nan_codes",
-         "nonfinite_full", "hostile_config")
+KINDS = (
+    "header_flip",
+    "data_flip",
+    "truncate",
+    "length_field",
+    "offsets",
+    "dtype_shape",
+    "duplicate_key",
+    "non_utf8_name",
+    "scale_value",
+    "scale_shape",
+    "nan_codes",
+    "nonfinite_full",
+    "hostile_config",
+)
 
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-             "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-             "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "C64": 8}
-_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "C64": 8,
+}
+_TORCH = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 PASSENGER_PREFIXES = ("vae.", "audio_vae.", "vocoder.", "text_embedding_projection.")
 WEIGHT_SCALES = (".weight_scale", ".scale_weight")
@@ -107,7 +143,7 @@ class Entry:
     name: str
     dtype: str
     shape: list
-    begin: int   # absolute offset in the file
+    begin: int  # absolute offset in the file
     end: int
 
     @property
@@ -120,7 +156,7 @@ class Base:
     name: str
     path: str
     raw: bytes
-    header: dict            # parsed header, file order
+    header: dict  # parsed header, file order
     header_size: int
     prefix: str
     encoding: str
@@ -132,7 +168,7 @@ class Base:
 
     @property
     def data(self) -> bytes:
-        return self.raw[self.data_start:]
+        return self.raw[self.data_start :]
 
     def keys(self, pred) -> list[str]:
         return [k for k, e in self.entries.items() if pred(k, e)]
@@ -153,7 +189,7 @@ def make_bases(directory: str | os.PathLike, seed: int = 5) -> dict[str, Base]:
 def load_base(name: str, path: str, prefix: str, encoding: str) -> Base:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     base = Base(name, path, raw, header, n, prefix, encoding)
     for k, v in header.items():
         if k == "__metadata__":
@@ -172,8 +208,9 @@ def serialize(header_pairs, data: bytes, pad: bool = True) -> bytes:
     if isinstance(header_pairs, (bytes, bytearray)):
         text = bytes(header_pairs)
     else:
-        text = ("{" + ",".join(json.dumps(k) + ":" + json.dumps(v, separators=(",", ":"))
-                               for k, v in header_pairs) + "}").encode("utf-8")
+        text = (
+            "{" + ",".join(json.dumps(k) + ":" + json.dumps(v, separators=(",", ":")) for k, v in header_pairs) + "}"
+        ).encode("utf-8")
     if pad:
         text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + data
@@ -187,7 +224,7 @@ def relayout(base: Base, replace: dict[str, tuple[str, list, bytes]]) -> bytes:
             pairs.append((k, v))
             continue
         e = base.entries[k]
-        dtype, shape, blob = replace.get(k, (e.dtype, e.shape, base.raw[e.begin:e.end]))
+        dtype, shape, blob = replace.get(k, (e.dtype, e.shape, base.raw[e.begin : e.end]))
         pairs.append((k, {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(blob)]}))
         chunks.append(blob)
         offset += len(blob)
@@ -203,9 +240,9 @@ class Case:
     kind: str
     detail: str
     blob: bytes
-    expect: str = "either"            # error | load | either
-    tensors: set | None = None         # acceptable err.tensor values (None: any)
-    need_tensor: bool = True           # a refusal must name a tensor
+    expect: str = "either"  # error | load | either
+    tensors: set | None = None  # acceptable err.tensor values (None: any)
+    need_tensor: bool = True  # a refusal must name a tensor
     # What building the host model from it must do (the node's path); None: as `expect`. E.g. a
     # renamed key loads in the core (the caller knows which layers the model needs) but the
     # model cannot be built without it.
@@ -253,8 +290,12 @@ def tensor_valid(base: Base, name: str, blob: bytes) -> bool | None:
         return not any((b & 0x7F) == FP8_CODES_NAN for b in blob)
     t = torch.frombuffer(bytearray(blob), dtype=_TORCH[e.dtype]).float() if blob else torch.zeros(0)
     if role == "weight_scale":
-        return bool(torch.isfinite(t).all() and (t > 0).all() and torch.isfinite(t.double() * E4M3_MAX).all()
-                    and (t.double() * E4M3_MAX <= F32_MAX).all())
+        return bool(
+            torch.isfinite(t).all()
+            and (t > 0).all()
+            and torch.isfinite(t.double() * E4M3_MAX).all()
+            and (t.double() * E4M3_MAX <= F32_MAX).all()
+        )
     if role == "input_scale":
         if base.encoding == "comfy-legacy" and t.numel() == 1 and float(t) == 1.0:
             return True
@@ -303,7 +344,7 @@ def mut_data_flip(r: R, base: Base) -> Case:
         blob[pos] ^= r.int(1, 255)
         touched.add(pos)
     names = {k for k, e in base.entries.items() if any(e.begin <= p < e.end for p in touched)}
-    verdicts = {k: tensor_valid(base, k, bytes(blob[base.entries[k].begin:base.entries[k].end])) for k in names}
+    verdicts = {k: tensor_valid(base, k, bytes(blob[base.entries[k].begin : base.entries[k].end])) for k in names}
     bad = {k for k, v in verdicts.items() if v is False}
     detail = f"flipped {sorted(touched)} in {sorted(names)}"
     if bad:
@@ -314,16 +355,37 @@ def mut_data_flip(r: R, base: Base) -> Case:
 
 
 def mut_truncate(r: R, base: Base) -> Case:
-    cut = r.pick([r.int(0, len(base.raw) - 1), r.int(base.data_start, len(base.raw) - 1), len(base.raw) - 1,
-                  r.int(0, 8), base.data_start])
-    return Case("truncate", f"cut at {cut} of {len(base.raw)}", base.raw[:cut], "error",
-                need_tensor=cut >= base.data_start)
+    cut = r.pick(
+        [
+            r.int(0, len(base.raw) - 1),
+            r.int(base.data_start, len(base.raw) - 1),
+            len(base.raw) - 1,
+            r.int(0, 8),
+            base.data_start,
+        ]
+    )
+    return Case(
+        "truncate", f"cut at {cut} of {len(base.raw)}", base.raw[:cut], "error", need_tensor=cut >= base.data_start
+    )
 
 
 def mut_length_field(r: R, base: Base) -> Case:
     n, size = base.header_size, len(base.raw)
-    choice = r.pick([0, r.int(1, n - 1), n - r.int(1, 7), n + r.int(1, 16), size - 8, size - 7, size,
-                     r.int(0, 2**64 - 1), 2**64 - 1, 100 * 2**20 + 1, 2**32 + n])
+    choice = r.pick(
+        [
+            0,
+            r.int(1, n - 1),
+            n - r.int(1, 7),
+            n + r.int(1, 16),
+            size - 8,
+            size - 7,
+            size,
+            r.int(0, 2**64 - 1),
+            2**64 - 1,
+            100 * 2**20 + 1,
+            2**32 + n,
+        ]
+    )
     if choice == n:
         choice = n + 1
     blob = struct.pack("<Q", choice % 2**64) + base.raw[8:]
@@ -354,11 +416,17 @@ def mut_offsets(r: R, base: Base) -> Case:
         s = data_len + r.int(0, 64)
         new, what = [s, s + e.nbytes], "past the end of the file"
     elif option == 5:
-        new, what = r.pick([[2**64, 2**64 + e.nbytes], [2**63 - 1, 2**63 - 1 + e.nbytes],
-                            [-e.nbytes, 0], [b - 2**64, end - 2**64]]), "huge or negative"
+        new, what = (
+            r.pick(
+                [[2**64, 2**64 + e.nbytes], [2**63 - 1, 2**63 - 1 + e.nbytes], [-e.nbytes, 0], [b - 2**64, end - 2**64]]
+            ),
+            "huge or negative",
+        )
     elif option == 6:
-        new, what = r.pick([[b], [b, end, end], [], "0", [b, float(end)], [True, end], None,
-                            [str(b), str(end)], {"begin": b}]), "malformed"
+        new, what = (
+            r.pick([[b], [b, end, end], [], "0", [b, float(end)], [True, end], None, [str(b), str(end)], {"begin": b}]),
+            "malformed",
+        )
     elif option == 7:
         new, what = [b, b + 2 * e.nbytes], "twice the bytes"
     elif option == 8:
@@ -370,8 +438,9 @@ def mut_offsets(r: R, base: Base) -> Case:
         new, what = [ob + 1, ob + 1 + e.nbytes] if other.nbytes > 1 else [ob, oe + 1], f"inside {other.name}"
         tensors = None
     value = dict(base.header[k], data_offsets=new)
-    return Case("offsets", f"{k}: data_offsets {_rel(base, e)} -> {new} ({what})", _with_entry(base, k, value),
-                "error", tensors)
+    return Case(
+        "offsets", f"{k}: data_offsets {_rel(base, e)} -> {new} ({what})", _with_entry(base, k, value), "error", tensors
+    )
 
 
 INVALID_DTYPES = ["F4", "float32", "", "f32", None, 7, ["F32"], "F8_E8M0", "Q4_0"]
@@ -392,8 +461,12 @@ def mut_dtype_shape(r: R, base: Base) -> Case:
         same = _ITEMSIZE[v["dtype"]] == _ITEMSIZE[e.dtype] or numel == 0
         if same:
             expect, tensors = "either", None
-            if (not is_passenger(k) and numel > 0 and _role(k) in ("tensor", "weight_scale", "input_scale")
-                    and v["dtype"] in INT_DTYPES):
+            if (
+                not is_passenger(k)
+                and numel > 0
+                and _role(k) in ("tensor", "weight_scale", "input_scale")
+                and v["dtype"] in INT_DTYPES
+            ):
                 # A float tensor of the model re-labelled as integers is no weight: refused.
                 expect, tensors = "error", {k}
     elif option == 2:  # a shape with a different element count
@@ -411,23 +484,41 @@ def mut_dtype_shape(r: R, base: Base) -> Case:
         if math.prod(shape) == numel:
             expect, tensors = "either", None
     elif option == 3:  # shape values that are not dimensions
-        v["shape"] = r.pick([[-1], [1.5], ["3"], [True], [[2]], [1] * 65, None, "64", {"0": 1},
-                             e.shape + [-(2**64)], [2**64] + e.shape, [2**63, 0]])
+        v["shape"] = r.pick(
+            [
+                [-1],
+                [1.5],
+                ["3"],
+                [True],
+                [[2]],
+                [1] * 65,
+                None,
+                "64",
+                {"0": 1},
+                e.shape + [-(2**64)],
+                [2**64] + e.shape,
+                [2**63, 0],
+            ]
+        )
     elif option == 4:  # the same byte count, another shape
         shape = list(e.shape)
         v["shape"] = r.pick([shape[::-1], [numel], shape + [1], [1] + shape, [numel, 1]])
         expect, tensors = "either", None
     else:  # entry structure
-        v = r.pick([None, [], "x", 1, {"dtype": e.dtype}, {"dtype": e.dtype, "shape": e.shape},
-                    {**v, "extra": 1}])
+        v = r.pick([None, [], "x", 1, {"dtype": e.dtype}, {"dtype": e.dtype, "shape": e.shape}, {**v, "extra": 1}])
         if isinstance(v, dict) and "extra" in v:
             expect, tensors = "either", None
     return Case("dtype_shape", f"{k}: {base.header[k]} -> {v}", _with_entry(base, k, v), expect, tensors)
 
 
 def _text_pairs(pairs) -> bytes:
-    return ("{" + ",".join(p if isinstance(p, str) else json.dumps(p[0]) + ":" + json.dumps(p[1], separators=(",", ":"))
-                           for p in pairs) + "}").encode("utf-8")
+    return (
+        "{"
+        + ",".join(
+            p if isinstance(p, str) else json.dumps(p[0]) + ":" + json.dumps(p[1], separators=(",", ":")) for p in pairs
+        )
+        + "}"
+    ).encode("utf-8")
 
 
 def mut_duplicate_key(r: R, base: Base) -> Case:
@@ -449,9 +540,19 @@ def mut_duplicate_key(r: R, base: Base) -> Case:
             out.append((key, other))
             what = "entry repeated with another's value"
         elif option == 2:
-            out[-1] = (json.dumps(key) + ":" + '{"dtype":' + json.dumps(v["dtype"]) + ',"dtype":'
-                       + json.dumps(v["dtype"]) + ',"shape":' + json.dumps(v["shape"]) + ',"data_offsets":'
-                       + json.dumps(v["data_offsets"]) + "}")
+            out[-1] = (
+                json.dumps(key)
+                + ":"
+                + '{"dtype":'
+                + json.dumps(v["dtype"])
+                + ',"dtype":'
+                + json.dumps(v["dtype"])
+                + ',"shape":'
+                + json.dumps(v["shape"])
+                + ',"data_offsets":'
+                + json.dumps(v["data_offsets"])
+                + "}"
+            )
             what = "dtype twice inside the entry"
         else:
             what = None
@@ -482,28 +583,41 @@ def mut_non_utf8_name(r: R, base: Base) -> Case:
     option = r.int(0, 3)
     if option == 0:
         bad = r.pick([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf8\x88\x80\x80\x80"])
-        blob_text = text[:at] + bad + text[at + 1:]
-        return Case("non_utf8_name", f"{k}: raw bytes {bad!r}", serialize(blob_text, base.data), "error",
-                    need_tensor=False)
+        blob_text = text[:at] + bad + text[at + 1 :]
+        return Case(
+            "non_utf8_name", f"{k}: raw bytes {bad!r}", serialize(blob_text, base.data), "error", need_tensor=False
+        )
     if option == 1:
         esc = r.pick([b"\\ud800", b"\\udfff", b"\\udc80x"])
-        blob_text = text[:at] + esc + text[at + 1:]
+        blob_text = text[:at] + esc + text[at + 1 :]
         return Case("non_utf8_name", f"{k}: lone surrogate {esc!r}", serialize(blob_text, base.data), "error")
     ch = r.pick(["é", "层", "\\u0000", "\u202e", "\\n", " ", "\\\\"]).encode("utf-8")
-    blob_text = text[:at] + ch + text[at + 1:]
+    blob_text = text[:at] + ch + text[at + 1 :]
     # A renamed passenger is still a passenger (or ignored). A renamed model key is not the model's:
     # the core refuses it inside the transformer, or leaves it out (a renamed prefix: a key outside
     # the transformer is ignored with a warning), and building the model then refuses the file for
     # the missing tensor. Optional keys (input scales, comfy_quant, the legacy marker) may go.
     bridge = "either" if is_passenger(k) or _role(k) in ("input_scale", "comfy_quant", "marker") else "error"
-    return Case("non_utf8_name", f"{k}: a character replaced by {ch!r}", serialize(blob_text, base.data), "either",
-                bridge_expect=bridge)
+    return Case(
+        "non_utf8_name",
+        f"{k}: a character replaced by {ch!r}",
+        serialize(blob_text, base.data),
+        "either",
+        bridge_expect=bridge,
+    )
 
 
 SCALE_VALUES = {
-    "nan": (float("nan"), False), "inf": (float("inf"), False), "-inf": (float("-inf"), False),
-    "zero": (0.0, False), "-zero": (-0.0, False), "negative": (-0.01, False), "-tiny": (-1e-30, False),
-    "subnormal": (1e-42, True), "big": (1e30, True), "overflowing": (1e38, None),
+    "nan": (float("nan"), False),
+    "inf": (float("inf"), False),
+    "-inf": (float("-inf"), False),
+    "zero": (0.0, False),
+    "-zero": (-0.0, False),
+    "negative": (-0.01, False),
+    "-tiny": (-1e-30, False),
+    "subnormal": (1e-42, True),
+    "big": (1e30, True),
+    "overflowing": (1e38, None),
 }
 
 
@@ -520,7 +634,7 @@ def mut_scale_value(r: R, base: Base) -> Case:
     blob = bytearray(base.raw)
     n = e.nbytes // 4
     j = r.int(0, n - 1)
-    blob[e.begin + 4 * j:e.begin + 4 * j + 4] = struct.pack("<f", value)
+    blob[e.begin + 4 * j : e.begin + 4 * j + 4] = struct.pack("<f", value)
     return Case("scale_value", f"{k}[{j}] = {name}", bytes(blob), "load" if ok else "error", {k})
 
 
@@ -530,7 +644,7 @@ def mut_scale_shape(r: R, base: Base) -> Case:
         return mut_dtype_shape(r, base)
     k = r.pick(scales)
     e = base.entries[k]
-    value = struct.unpack("<f", base.raw[e.begin:e.begin + 4])[0]
+    value = struct.unpack("<f", base.raw[e.begin : e.begin + 4])[0]
     if _role(k) == "weight_scale":
         out, inn = _rows_of(base, k)
         wrong = [[out + 1], [2], [out, 2], [1, out], [1, 1, 1], [0], [out - 1], [2, out]]
@@ -544,8 +658,9 @@ def mut_scale_shape(r: R, base: Base) -> Case:
     else:
         shape, expect = r.pick(wrong), "error"
     blob = _f32_bytes([value] * math.prod(shape))
-    return Case("scale_shape", f"{k}: shape {e.shape} -> {shape}", relayout(base, {k: ("F32", shape, blob)}),
-                expect, {k})
+    return Case(
+        "scale_shape", f"{k}: shape {e.shape} -> {shape}", relayout(base, {k: ("F32", shape, blob)}), expect, {k}
+    )
 
 
 def mut_nan_codes(r: R, base: Base) -> Case:
@@ -562,8 +677,9 @@ def mut_nan_codes(r: R, base: Base) -> Case:
 
 
 def mut_nonfinite_full(r: R, base: Base) -> Case:
-    keys = base.keys(lambda k, e: e.dtype in FLOAT_DTYPES and e.nbytes > 0 and not is_passenger(k)
-                     and _role(k) == "tensor")
+    keys = base.keys(
+        lambda k, e: e.dtype in FLOAT_DTYPES and e.nbytes > 0 and not is_passenger(k) and _role(k) == "tensor"
+    )
     k = r.pick(keys)
     e = base.entries[k]
     size = _ITEMSIZE[e.dtype]
@@ -571,7 +687,7 @@ def mut_nonfinite_full(r: R, base: Base) -> Case:
     value = r.pick([float("nan"), float("inf"), float("-inf")])
     t = torch.tensor([value], dtype=_TORCH[e.dtype])
     blob = bytearray(base.raw)
-    blob[e.begin + j * size:e.begin + (j + 1) * size] = t.view(torch.uint8).numpy().tobytes()
+    blob[e.begin + j * size : e.begin + (j + 1) * size] = t.view(torch.uint8).numpy().tobytes()
     return Case("nonfinite_full", f"{k}[{j}] = {value}", bytes(blob), "error", {k})
 
 
@@ -582,8 +698,17 @@ def mut_hostile_config(r: R, base: Base) -> Case:
     tr = cfg["transformer"]
     option = r.int(0, 4)
     if option == 0:
-        key = r.pick(["connector_num_layers", "num_layers", "num_attention_heads", "attention_head_dim",
-                      "audio_connector_attention_head_dim", "in_channels", "caption_channels"])
+        key = r.pick(
+            [
+                "connector_num_layers",
+                "num_layers",
+                "num_attention_heads",
+                "attention_head_dim",
+                "audio_connector_attention_head_dim",
+                "in_channels",
+                "caption_channels",
+            ]
+        )
         tr[key] = r.pick([10**9, 2**63, 10**30, -1, -(10**9), 0, 1.5, "2", None, [2], {"a": 1}, True, 1e308])
         what = f"config transformer {key} = {tr[key]!r}"
     elif option == 1:
@@ -595,16 +720,26 @@ def mut_hostile_config(r: R, base: Base) -> Case:
         what = "config text replaced"
         cfg = None
     elif option == 3:  # a key whose block index is huge: the block count comes from the keys
-        k = r.pick([k for k in base.entries if ".transformer_blocks.1." in "." + k or k.startswith("transformer_blocks.1.")])
-        new = k.replace("transformer_blocks.1.", "transformer_blocks." + r.pick(["999999999", "2", "10", str(2**70)]) + ".", 1)
+        k = r.pick(
+            [k for k in base.entries if ".transformer_blocks.1." in "." + k or k.startswith("transformer_blocks.1.")]
+        )
+        new = k.replace(
+            "transformer_blocks.1.", "transformer_blocks." + r.pick(["999999999", "2", "10", str(2**70)]) + ".", 1
+        )
         pairs = [(new if a == k else a, v) for a, v in pairs]
         what = f"{k} renamed {new}"
     else:
-        meta["_quantization_metadata"] = r.pick([
-            "{}", '{"layers": []}', '{"layers": {"x": {"format": "int4"}}}', "[1]", "{",
-            json.dumps({"layers": {base.prefix + "transformer_blocks.1.attn1.to_q": {"format": "nvfp4"}}}),
-            json.dumps({"layers": {base.prefix + "transformer_blocks.1.attn1.to_q": []}}),
-        ])
+        meta["_quantization_metadata"] = r.pick(
+            [
+                "{}",
+                '{"layers": []}',
+                '{"layers": {"x": {"format": "int4"}}}',
+                "[1]",
+                "{",
+                json.dumps({"layers": {base.prefix + "transformer_blocks.1.attn1.to_q": {"format": "nvfp4"}}}),
+                json.dumps({"layers": {base.prefix + "transformer_blocks.1.attn1.to_q": []}}),
+            ]
+        )
         what = f"_quantization_metadata = {meta['_quantization_metadata'][:60]}"
     if cfg is not None:
         meta["config"] = json.dumps(cfg)
@@ -613,10 +748,18 @@ def mut_hostile_config(r: R, base: Base) -> Case:
 
 
 MUTATORS = {
-    "header_flip": mut_header_flip, "data_flip": mut_data_flip, "truncate": mut_truncate,
-    "length_field": mut_length_field, "offsets": mut_offsets, "dtype_shape": mut_dtype_shape,
-    "duplicate_key": mut_duplicate_key, "non_utf8_name": mut_non_utf8_name, "scale_value": mut_scale_value,
-    "scale_shape": mut_scale_shape, "nan_codes": mut_nan_codes, "nonfinite_full": mut_nonfinite_full,
+    "header_flip": mut_header_flip,
+    "data_flip": mut_data_flip,
+    "truncate": mut_truncate,
+    "length_field": mut_length_field,
+    "offsets": mut_offsets,
+    "dtype_shape": mut_dtype_shape,
+    "duplicate_key": mut_duplicate_key,
+    "non_utf8_name": mut_non_utf8_name,
+    "scale_value": mut_scale_value,
+    "scale_shape": mut_scale_shape,
+    "nan_codes": mut_nan_codes,
+    "nonfinite_full": mut_nonfinite_full,
     "hostile_config": mut_hostile_config,
 }
 assert set(MUTATORS) == set(KINDS)
@@ -737,7 +880,9 @@ def build_model(path: str, policy: str, pack: str) -> Outcome:
     except CheckpointError as e:
         return Outcome(False, e, 0, time.monotonic() - t0)
     n = 0
-    for name, t in list(patcher.model.diffusion_model.named_parameters()) + list(patcher.model.diffusion_model.named_buffers()):
+    for name, t in list(patcher.model.diffusion_model.named_parameters()) + list(
+        patcher.model.diffusion_model.named_buffers()
+    ):
         if t is None:
             continue
         n += 1
@@ -769,7 +914,9 @@ def judge(case: Case, path: str, out: Outcome, guard: Guard, stage: str = "core"
     if err.tensor:
         assert f"tensor {err.tensor}" in msg, story + f"  message does not show the tensor: {msg}"
     if case.tensors is not None:
-        assert err.tensor in case.tensors, story + f"  error names {err.tensor!r}, expected one of {sorted(case.tensors)}: {msg}"
+        assert err.tensor in case.tensors, (
+            story + f"  error names {err.tensor!r}, expected one of {sorted(case.tensors)}: {msg}"
+        )
     return "refused"
 
 
@@ -805,11 +952,11 @@ def _atheris_main(argv: list[str]) -> None:
 
     workdir, counts_path = argv[0], argv[1]
     with atheris.instrument_imports(include=["quant"]):
-        import quant.loader  # noqa: F401
-        import quant.safetensors_header  # noqa: F401
         import quant.encodings  # noqa: F401
         import quant.fp8  # noqa: F401
         import quant.layout  # noqa: F401
+        import quant.loader  # noqa: F401
+        import quant.safetensors_header  # noqa: F401
     bases = make_bases(workdir)
     path = os.path.join(workdir, "case.safetensors")
     counts: dict[str, dict[str, int]] = {}

@@ -1,6 +1,7 @@
 """Small helpers for the reliability tests against the real host (test_paths_and_files.py,
 test_faults.py, test_soak.py): API prompts for the pack's nodes, reading their outputs from the
 history, fixture files in the host's model folders, file fingerprints."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,15 +20,29 @@ from tools.ltx2_fixture import TINY, config, write_checkpoint  # noqa: E402
 
 
 def loader(name: str, policy: str = "auto", rules: str = "", activation: str = "static") -> dict:
-    return {"class_type": "LTXFP8CheckpointLoader",
-            "inputs": {"ckpt_name": name, "policy": policy, "rules": rules, "activation_scale": activation,
-                       "backend": "auto"}}
+    return {
+        "class_type": "LTXFP8CheckpointLoader",
+        "inputs": {
+            "ckpt_name": name,
+            "policy": policy,
+            "rules": rules,
+            "activation_scale": activation,
+            "backend": "auto",
+        },
+    }
 
 
 def apply_policy(model_ref: list, policy: str, rules: str = "") -> dict:
-    return {"class_type": "LTXFP8ApplyQuantPolicy",
-            "inputs": {"model": model_ref, "policy": policy, "rules": rules, "activation_scale": "static",
-                       "backend": "auto"}}
+    return {
+        "class_type": "LTXFP8ApplyQuantPolicy",
+        "inputs": {
+            "model": model_ref,
+            "policy": policy,
+            "rules": rules,
+            "activation_scale": "static",
+            "backend": "auto",
+        },
+    }
 
 
 def vram_report(*model_refs) -> dict:
@@ -86,12 +101,35 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-__all__ = ["TINY", "config", "write_checkpoint", "loader", "apply_policy", "vram_report", "preview",
-           "load_prompt", "vram", "text", "cached_nodes", "error", "write", "fingerprint", "mib"]
+__all__ = [
+    "TINY",
+    "config",
+    "write_checkpoint",
+    "loader",
+    "apply_policy",
+    "vram_report",
+    "preview",
+    "load_prompt",
+    "vram",
+    "text",
+    "cached_nodes",
+    "error",
+    "write",
+    "fingerprint",
+    "mib",
+]
 
 
-def sample_prompt(name: str, policy: str = "auto", tag: str = "rel", steps: int = 1, width: int = 64,
-                  height: int = 64, length: int = 9, seed: int = 42) -> dict:
+def sample_prompt(
+    name: str,
+    policy: str = "auto",
+    tag: str = "rel",
+    steps: int = 1,
+    width: int = 64,
+    height: int = 64,
+    length: int = 9,
+    seed: int = 42,
+) -> dict:
     """The single example workflow (loader -> synthetic conditioning -> KSampler -> SaveLatent),
     small and short: `tag` names the saved latents (ltx_fp8/<tag>_video|audio). Node 1 is the
     loader, 21 the sampler, 41 / 42 the SaveLatent nodes; no VRAM report."""

@@ -1,6 +1,7 @@
 """The benchmark script runs end to end at tiny widths (`python -m bench --smoke`) and writes every
 section: numbers, or an explicit "not measured". No timing is asserted here (issue 4: targets are
 checked by the benchmark and reported, never by a timed unit test)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ def smoke(tmp_path_factory):
     repo_files = [REPO / "BENCHMARKS.md", REPO / "bench" / "results.json"]
     before = {p: p.stat().st_mtime_ns for p in repo_files if p.exists()}
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     after = {p: p.stat().st_mtime_ns for p in repo_files if p.exists()}
     assert before == after, "a smoke run must not touch the repo's BENCHMARKS.md / bench/results.json"
@@ -87,8 +94,12 @@ def test_forward_fidelity_gpu(smoke):
     fid = r["fidelity"]
     if fid.get("rows"):
         for x in fid["rows"]:
-            for k in ("video_err_vs_original", "audio_err_vs_original", "video_err_vs_dequantized",
-                      "audio_err_vs_dequantized"):
+            for k in (
+                "video_err_vs_original",
+                "audio_err_vs_original",
+                "video_err_vs_dequantized",
+                "audio_err_vs_dequantized",
+            ):
                 assert _num(x[k]), (x["label"], k)
         assert {x["source"] for x in fid["rows"]} == {"pack", "host"}
     else:

@@ -5,16 +5,16 @@ at full precision and re-quantized with a fresh scale (input_scale kept), and th
 restores the file's codes AND scale bit for bit (the scale lives beside the weight, so this is the
 place a stale-scale bug would hide).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not HOST_AVAILABLE, reason=HOST_SKIP_REASON)
 
-LAYER = "transformer_blocks.1.attn1.to_q"      # quantized in the fixture (block 0 stays bf16)
+LAYER = "transformer_blocks.1.attn1.to_q"  # quantized in the fixture (block 0 stays bf16)
 SEED = 3
 RANK = 4
 
@@ -22,8 +22,10 @@ RANK = 4
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from pack_import import import_pack
+
     pack = import_pack()
     from tools.ltx2_fixture import TINY, write_checkpoint, write_lora
+
     d = tmp_path_factory.mktemp("lora")
     ckpt, lora = d / "m.safetensors", d / "l.safetensors"
     write_checkpoint(ckpt, TINY, "ltx-core", seed=SEED)
@@ -33,12 +35,14 @@ def env(tmp_path_factory):
 
 def _load(pack, ckpt, policy):
     plan = pack.quant.loader.plan_checkpoint(str(ckpt), policy, device="cpu")
-    return pack.bridge.host_model.build_model_patcher(plan, load_device=torch.device("cpu"),
-                                                      offload_device=torch.device("cpu"))
+    return pack.bridge.host_model.build_model_patcher(
+        plan, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+    )
 
 
 def _lora_delta(lora_path) -> torch.Tensor:
     from safetensors.torch import load_file
+
     sd = load_file(str(lora_path))
     a = sd[f"diffusion_model.{LAYER}.lora_A.weight"].double()
     b = sd[f"diffusion_model.{LAYER}.lora_B.weight"].double()
@@ -50,6 +54,7 @@ def _lora_delta(lora_path) -> torch.Tensor:
 def test_lora_on_fp8_layer_requantizes_and_unpatch_restores(env):
     import comfy.sd
     import comfy.utils
+
     from tools.ltx2_fixture import reference_tensor
 
     pack, cfg, ckpt, lora = env
@@ -85,6 +90,7 @@ def test_lora_on_fp8_layer_requantizes_and_unpatch_restores(env):
 
 def test_apply_policy_leaves_input_model_unchanged_and_shares_fp8_codes(env):
     import comfy.utils
+
     pack, cfg, ckpt, _ = env
     patcher = _load(pack, ckpt, "fp8-cast")
     caps = pack.quant.device.DeviceCaps("cpu", fp8_gemm=True, fp8_gemm_fast=False)

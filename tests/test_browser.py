@@ -8,12 +8,14 @@ pack's badges and the VRAM Report table with the numbers of that run, read back 
 /history (the nodes' `ui` outputs): mode counts, byte totals and their text, per-model per-mode
 bytes and layer counts, the bar chart's segments. Also: the settings (units, chart, badges), the
 figures coming back when the nodes are cached or the editor restores outputs, the modern node
-design (Nodes 2.0), the node help pages found by the editor, the inputs' tooltips, the thumbnails. Screenshots go to test-artifacts/browser/.
+design (Nodes 2.0), the node help pages found by the editor, the inputs' tooltips, the thumbnails.
+Screenshots go to test-artifacts/browser/.
 
 Needs /usr/bin/chromium (tools/bootstrap.sh installs Debian's package when run as root; the driver
 installs it too when missing and root) and playwright (requirements-dev.txt). Set
 LTXFP8_SKIP_BROWSER=1 to skip where no browser can be had. About 1.5 to 2 minutes on CPU.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,9 +26,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import hostlib
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.timeout(900)
 
 # ----------------------------------------------------------------------------------------------
 # Fixtures
+
 
 @pytest.fixture(scope="module")
 def driver():
@@ -86,6 +88,7 @@ def editor(driver, ui_host):
 
 # ----------------------------------------------------------------------------------------------
 # Checks of what the page shows against what the run returned
+
 
 def _payload(entry: dict, node_id: str, key: str):
     out = entry["outputs"].get(node_id)
@@ -127,7 +130,7 @@ def check_vram(view: dict, report: dict, text: str, fmt) -> None:
     assert view["title"] == text  # the node's text table, on hover
     models = report["models"]
     assert [m["input"] for m in view["models"]] == [m["input"] for m in models]
-    for got, m in zip(view["models"], models):
+    for got, m in zip(view["models"], models, strict=False):
         assert got["label"] == m["label"]
         for key in ("total_bytes", "resident_bytes", "offloaded_bytes"):
             assert got[key] == m[key], (m["input"], key)
@@ -140,7 +143,7 @@ def check_vram(view: dict, report: dict, text: str, fmt) -> None:
             assert got["modes"][mode]["text"].startswith(fmt(b)), (mode, got["modes"][mode])
         assert sum(by_mode.values()) == m["total_bytes"]
     assert [c["input"] for c in view["chart"]] == [m["input"] for m in models]
-    for c, m in zip(view["chart"], models):
+    for c, m in zip(view["chart"], models, strict=False):
         assert {s["mode"]: s["bytes"] for s in c["segments"]} == _nonzero(m["weight_bytes_by_mode"])
         assert c["value"] == fmt(m["total_bytes"])
     d = report["device"]
@@ -171,6 +174,7 @@ def check_widgets_untouched(ed, workflow: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Tests
+
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_workflow_shows_the_run_on_the_canvas(driver, editor, ui_host, name):
@@ -211,8 +215,10 @@ def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_hos
 
     # Queued again: loader and Apply Quant Policy are cached on the host and their figures come
     # back all the same (has_intermediate_output), equal to the first run's.
-    editor.page.evaluate("() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
-                         "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); }")
+    editor.page.evaluate(
+        "() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
+        "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); }"
+    )
     assert editor.views() == {}
     pid = editor.queue()
     entry2 = ui_host.wait_history(pid)
@@ -223,16 +229,20 @@ def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_hos
         assert _payload(entry2, ids[cls], "ltx_fp8") == _payload(entry, ids[cls], "ltx_fp8")
     check_widgets_untouched(editor, wf)
     # Outputs the editor restores (a job reopened from the queue sets app.nodeOutputs) show too.
-    editor.page.evaluate("() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
-                         "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); "
-                         "app.nodeOutputs = {...app.nodeOutputs}; }")
+    editor.page.evaluate(
+        "() => { for (const n of app.graph._nodes) n.__ltxfp8 = undefined; "
+        "for (const h of document.querySelectorAll('.ltxfp8-host')) h.replaceChildren(); "
+        "app.nodeOutputs = {...app.nodeOutputs}; }"
+    )
     check_run(driver, entry2, editor.wait_for_views(nodes), wf)
 
     # The editor finds the node's help page (web/docs/<node id>.md) in its Info panel.
     editor.frame_graph([ids[LOADER]], pad=150)  # room above the node for the selection toolbox
-    editor.page.evaluate("(id) => { app.canvas.deselectAll?.(); "
-                         "app.canvas.selectNode(app.graph.getNodeById(Number(id))); app.canvas.setDirty(true, true); }",
-                         ids[LOADER])
+    editor.page.evaluate(
+        "(id) => { app.canvas.deselectAll?.(); "
+        "app.canvas.selectNode(app.graph.getNodeById(Number(id))); app.canvas.setDirty(true, true); }",
+        ids[LOADER],
+    )
     editor.page.click("[data-testid=info-button]", timeout=20000)
     editor.page.get_by_text("whatever its fp8 encoding").first.wait_for(timeout=20000)
     editor.screenshot(ARTIFACTS / "node_help.png")

@@ -1,6 +1,7 @@
 """`make run`'s demo (tools/demo.py) end to end, with DEMO_EXIT=1 (what `make demo-check` runs):
 it writes the demo files, starts its own host on a free port, queues the example workflows and
 prints the VRAM reports and the per-mode agreement table, then exits 0."""
+
 from __future__ import annotations
 
 import os
@@ -10,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import hostlib
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -20,8 +20,10 @@ if str(REPO) not in sys.path:
 
 from tools import demo  # noqa: E402
 
-ROW = re.compile(r"^\s+(?P<mode>.+?)\s{2,}(?P<ref>bf16(?: \+ LoRA)?)\s+(?P<video>[0-9.]+e[-+]\d+)\s+"
-                 r"(?P<audio>[0-9.]+e[-+]\d+)\s*$")
+ROW = re.compile(
+    r"^\s+(?P<mode>.+?)\s{2,}(?P<ref>bf16(?: \+ LoRA)?)\s+(?P<video>[0-9.]+e[-+]\d+)\s+"
+    r"(?P<audio>[0-9.]+e[-+]\d+)\s*$"
+)
 
 
 def test_demo_assets_are_idempotent(tmp_path):
@@ -45,8 +47,15 @@ def test_demo_runs_and_prints_the_agreement_table(tmp_path):
     port = hostlib.free_port()
     env = dict(os.environ, DEMO_EXIT="1", PORT=str(port), HOST_BASE=str(tmp_path / "host"))
     t0 = time.monotonic()
-    proc = subprocess.run([hostlib.host_python(), str(REPO / "tools" / "demo.py")], cwd=str(REPO), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    proc = subprocess.run(
+        [hostlib.host_python(), str(REPO / "tools" / "demo.py")],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout
     log = tmp_path / "host" / "demo-host.log"
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no host log)"
@@ -58,7 +67,7 @@ def test_demo_runs_and_prints_the_agreement_table(tmp_path):
     assert "ltx23_demo_fp8.safetensors [scaled-mm]" in out and "ltx23_demo_bf16.safetensors [bf16]" in out
 
     rows = {}
-    for line in out[out.index("per-mode agreement"):].splitlines():
+    for line in out[out.index("per-mode agreement") :].splitlines():
         m = ROW.match(line)
         if m:
             rows[m["mode"].strip()] = (m["ref"], float(m["video"]), float(m["audio"]))
@@ -76,4 +85,5 @@ def test_demo_runs_and_prints_the_agreement_table(tmp_path):
     assert (tmp_path / "host" / "models" / "checkpoints" / demo.DEMO_FP8).is_file()
     with pytest.raises(OSError):
         import urllib.request
+
         urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=2)

@@ -24,6 +24,7 @@ are re-quantized with a fresh, larger amax scale, so their floor sits a little h
 tolerance must itself be >= 4x below the LoRA's own effect (measured 5.5x / 6.5x), so a LoRA
 dropped or mis-scaled on the fp8 layers fails it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,10 +32,9 @@ import json
 import sys
 from pathlib import Path
 
+import hostlib
 import pytest
 import torch
-
-import hostlib
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -45,8 +45,8 @@ from tools.ltx2_fixture import TINY, write_checkpoint  # noqa: E402
 
 PACK_NODES = ("LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport")
 TOL = {"auto": 3e-2, "fp8-cast": 4e-2, "scaled-mm": 6e-2}
-LORA_FLOOR_FACTOR = 3.0     # fp8-cast + LoRA vs bf16 + LoRA <= this x (fp8-cast vs bf16)
-LORA_EFFECT_MARGIN = 4.0    # the LoRA's own effect >= this x the tolerance the LoRA row is held to
+LORA_FLOOR_FACTOR = 3.0  # fp8-cast + LoRA vs bf16 + LoRA <= this x (fp8-cast vs bf16)
+LORA_EFFECT_MARGIN = 4.0  # the LoRA's own effect >= this x the tolerance the LoRA row is held to
 FP8_MODES = ("fp8-cast", "scaled-mm")
 
 
@@ -71,6 +71,7 @@ def _latents(host, prompt, entry):
 
 # ----------------------------------------------------------------------------------------------
 # Registration and the template browser
+
 
 def test_object_info_lists_the_three_nodes(host):
     info = host.object_info()
@@ -109,7 +110,8 @@ def test_ui_workflows_are_generated_from_the_api_ones(host):
     assert {"ltx_fp8_mix", "ltx_fp8_single"} <= set(texts)
     for name, text in texts.items():
         assert (demo.WORKFLOWS / f"{name}.json").read_text() == text, (
-            f"example_workflows/{name}.json is out of date: run .venv/bin/python tools/workflow_ui.py")
+            f"example_workflows/{name}.json is out of date: run .venv/bin/python tools/workflow_ui.py"
+        )
         ui = json.loads(text)
         api = demo.load_api_workflow(name)
         assert {n["id"] for n in ui["nodes"] if n["type"] != "Note"} == {int(k) for k in api}
@@ -118,11 +120,18 @@ def test_ui_workflows_are_generated_from_the_api_ones(host):
 # ----------------------------------------------------------------------------------------------
 # The example workflows
 
+
 def test_example_workflows_run_to_success(runs):
     for name, entry in runs["entries"].items():
         assert entry["status"]["status_str"] == "success", (name, hostlib.execution_error(entry))
-    assert set(runs["latents"]) >= {"single_auto", "mix_scaled_mm", "mix_fp8_cast_lora", "mix_bf16",
-                                    "ref_fp8_cast", "ref_bf16_lora"}
+    assert set(runs["latents"]) >= {
+        "single_auto",
+        "mix_scaled_mm",
+        "mix_fp8_cast_lora",
+        "mix_bf16",
+        "ref_fp8_cast",
+        "ref_bf16_lora",
+    }
     for tag, lat in runs["latents"].items():
         assert lat["video"].shape == (1, 128, 2, 2, 3), tag
         assert lat["audio"].shape == (1, 8, 9, 16), tag
@@ -168,22 +177,30 @@ def test_lora_on_fp8_cast_matches_lora_on_bf16(runs):
     effect = demo.av_rel_err(lat["ref_bf16_lora"], lat["mix_bf16"])
     for kind in ("video", "audio"):
         tol = LORA_FLOOR_FACTOR * floor[kind]
-        assert lora[kind] <= tol, f"{kind}: LoRA on fp8-cast off by {lora[kind]:.3e} > {tol:.3e} (floor {floor[kind]:.3e})"
+        assert lora[kind] <= tol, (
+            f"{kind}: LoRA on fp8-cast off by {lora[kind]:.3e} > {tol:.3e} (floor {floor[kind]:.3e})"
+        )
         assert effect[kind] >= LORA_EFFECT_MARGIN * tol, (
-            f"{kind}: the LoRA changes the result by only {effect[kind]:.3e}: the test cannot tell it from fp8 noise")
+            f"{kind}: the LoRA changes the result by only {effect[kind]:.3e}: the test cannot tell it from fp8 noise"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Broken files
 
-@pytest.mark.parametrize("kind,passengers", [("missing_scale", True), ("truncate", True), ("truncate", False)],
-                         ids=["missing_scale", "truncate_in_passenger", "truncate_in_transformer"])
+
+@pytest.mark.parametrize(
+    "kind,passengers",
+    [("missing_scale", True), ("truncate", True), ("truncate", False)],
+    ids=["missing_scale", "truncate_in_passenger", "truncate_in_transformer"],
+)
 def test_broken_file_gives_node_error_and_the_server_recovers(host, assets, kind, passengers):
     name = f"ltx23_e2e_broken_{kind}{'' if passengers else '_nopass'}.safetensors"
-    fx = write_checkpoint(host.model_dir("checkpoints") / name, TINY, "ltx-core", breakage=kind,
-                          passengers=passengers)
-    prompt = {"1": {"class_type": "LTXFP8CheckpointLoader", "inputs": {"ckpt_name": name, "policy": "auto"}},
-              "2": {"class_type": "LTXFP8VRAMReport", "inputs": {"model": ["1", 0]}}}
+    fx = write_checkpoint(host.model_dir("checkpoints") / name, TINY, "ltx-core", breakage=kind, passengers=passengers)
+    prompt = {
+        "1": {"class_type": "LTXFP8CheckpointLoader", "inputs": {"ckpt_name": name, "policy": "auto"}},
+        "2": {"class_type": "LTXFP8VRAMReport", "inputs": {"model": ["1", 0]}},
+    }
     entry = host.run_prompt(prompt, check=False)
     assert entry["status"]["status_str"] == "error", entry["status"]
     err = hostlib.execution_error(entry)
@@ -202,6 +219,7 @@ def test_broken_file_gives_node_error_and_the_server_recovers(host, assets, kind
 # ----------------------------------------------------------------------------------------------
 # Apply Quant Policy leaves its input MODEL unchanged
 
+
 def test_apply_policy_leaves_the_input_model_unchanged(host, assets):
     """Graph A: loader -> sample. Graph B: the same loader -> Apply Quant Policy (fp8-cast, which
     re-stores the file's bf16 block in fp8) -> sample, THEN the original model -> sample (ordered
@@ -213,23 +231,37 @@ def test_apply_policy_leaves_the_input_model_unchanged(host, assets):
     lat_a = _latents(host, a, host.run_prompt(a))["iso_plain"]
 
     b = _single_prompt(policy="auto", rules="# graph B", tag="iso_original")
-    b["50"] = {"class_type": "LTXFP8ApplyQuantPolicy",
-               "inputs": {"model": ["1", 0], "policy": "fp8-cast", "rules": "", "activation_scale": "static",
-                          "backend": "auto"}}
+    b["50"] = {
+        "class_type": "LTXFP8ApplyQuantPolicy",
+        "inputs": {
+            "model": ["1", 0],
+            "policy": "fp8-cast",
+            "rules": "",
+            "activation_scale": "static",
+            "backend": "auto",
+        },
+    }
     b["51"] = copy.deepcopy(b["20"])
     b["51"]["inputs"].update(model=["50", 0], latent=["14", 0])
     b["52"] = copy.deepcopy(b["21"])
     b["52"]["inputs"]["model"] = ["51", 0]
     b["53"] = {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": ["52", 0]}}
-    b["54"] = {"class_type": "SaveLatent", "inputs": {"samples": ["53", 0], "filename_prefix": "ltx_fp8/iso_clone_video"}}
-    b["55"] = {"class_type": "SaveLatent", "inputs": {"samples": ["53", 1], "filename_prefix": "ltx_fp8/iso_clone_audio"}}
+    b["54"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["53", 0], "filename_prefix": "ltx_fp8/iso_clone_video"},
+    }
+    b["55"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["53", 1], "filename_prefix": "ltx_fp8/iso_clone_audio"},
+    }
     b["20"]["inputs"]["latent"] = ["52", 0]  # the original samples after the clone did
     entry = host.run_prompt(b)
     lat_b = demo.latents_by_tag(b, out, entry)
     for kind in ("video", "audio"):
         assert torch.equal(lat_b["iso_original"][kind], lat_a[kind]), (
             f"{kind}: the input MODEL changed after Apply Quant Policy "
-            f"(rel err {demo.rel_err(lat_b['iso_original'][kind], lat_a[kind]):.3e})")
+            f"(rel err {demo.rel_err(lat_b['iso_original'][kind], lat_a[kind]):.3e})"
+        )
         assert not torch.equal(lat_b["iso_clone"][kind], lat_a[kind]), f"{kind}: the policy did nothing"
     report = entry["outputs"]["50"]["ltx_fp8"][0]
     summary = json.loads(report)
@@ -268,6 +300,7 @@ def test_apply_policy_on_a_model_from_the_hosts_own_loader(host, assets):
 
     report = json.loads(e_fp8["outputs"]["91"]["ltx_fp8_vram"][0])["models"][0]
     from quant.ltx2_shapes import expected_linear_shapes
+
     block_linears = [n for n in expected_linear_shapes(TINY) if n.startswith("transformer_blocks.")]
     # The preset quantizes every block linear; the host's bf16 non-block layers stay as they are.
     assert report["layers_by_mode"].get("fp8-cast") == len(block_linears), report["layers_by_mode"]

@@ -2,6 +2,7 @@
 editor turns each back into exactly its API-format copy (`app.graphToPrompt()`): same nodes,
 class types, inputs, links and titles. So what a person opens from the template browser is what
 the tests and the demo queue. Skipped where Chromium or Playwright is missing."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def editor(host):
 
 
 def _core(prompt: dict) -> dict:
-    return {k: {"class_type": v["class_type"], "inputs": v["inputs"], "title": (v.get("_meta") or {}).get("title")}
-            for k, v in prompt.items()}
+    return {
+        k: {"class_type": v["class_type"], "inputs": v["inputs"], "title": (v.get("_meta") or {}).get("title")}
+        for k, v in prompt.items()
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)

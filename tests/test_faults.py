@@ -7,6 +7,7 @@ video width 512, ~51 MB in fp8, ~100 MB of weights once loaded in bf16) so that 
 model would be several times the stated margin. The host runs with --cpu here (torch CPU build);
 on a CUDA host the same tests run, and CUDA allocated bytes are checked as well.
 """
+
 from __future__ import annotations
 
 import gc
@@ -14,21 +15,32 @@ import importlib
 import time
 
 import pytest
-import torch
-
 import reliability as rl
+import torch
 from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
 
-MEDIUM = rl.config(rl.TINY, num_layers=4, num_attention_heads=8, attention_head_dim=64,
-                   audio_num_attention_heads=8, audio_attention_head_dim=32, cross_attention_dim=512,
-                   audio_cross_attention_dim=256, connector_num_attention_heads=8,
-                   connector_attention_head_dim=64, audio_connector_num_attention_heads=8,
-                   audio_connector_attention_head_dim=32, caption_channels=256)
+MEDIUM = rl.config(
+    rl.TINY,
+    num_layers=4,
+    num_attention_heads=8,
+    attention_head_dim=64,
+    audio_num_attention_heads=8,
+    audio_attention_head_dim=32,
+    cross_attention_dim=512,
+    audio_cross_attention_dim=256,
+    connector_num_attention_heads=8,
+    connector_attention_head_dim=64,
+    audio_connector_num_attention_heads=8,
+    audio_connector_attention_head_dim=32,
+    caption_channels=256,
+)
 # The last fp8 weight of the file in file order (keys are sorted): found after ~all tensors.
 LATE = "transformer_blocks.3.video_to_audio_attn.to_v"
 GOOD, BAD = "faults_medium_good.safetensors", "faults_medium_late_nan.safetensors"
-FAILING_LOADS = int(__import__("os").environ.get("FAULTS_FAILING", "6"))                # bf16, fp8-cast, scaled-mm, twice: ends after scaled-mm, like the warm-up
-RSS_MARGIN = 24 * 2**20          # one leaked partial model of this file is ~90 MB (bf16)
+FAILING_LOADS = int(
+    __import__("os").environ.get("FAULTS_FAILING", "6")
+)  # bf16, fp8-cast, scaled-mm, twice: ends after scaled-mm, like the warm-up
+RSS_MARGIN = 24 * 2**20  # one leaked partial model of this file is ~90 MB (bf16)
 INTERRUPTS = int(__import__("os").environ.get("FAULTS_INTERRUPTS", "3"))
 # A fresh host's RSS may settle over the first rounds (seen before failed loads called malloc_trim:
 # 776, 846, then 850 MiB for 11 more rounds); a leaked partial model adds ~150 MiB per round and a
@@ -72,7 +84,9 @@ def test_bad_tensor_found_while_streaming_leaves_nothing_behind(host, medium, fi
         policy = ("bf16", "fp8-cast", "scaled-mm")[i % 3]
         entry = host.run_prompt(rl.load_prompt(BAD, policy), check=False)
         err = rl.error(entry)
-        assert entry["status"]["status_str"] == "error" and err["node_type"] == "LTXFP8CheckpointLoader", entry["status"]
+        assert entry["status"]["status_str"] == "error" and err["node_type"] == "LTXFP8CheckpointLoader", entry[
+            "status"
+        ]
         assert "1" not in rl.cached_nodes(entry), "a failed load must not be cached"
         msg = err["exception_message"]
         assert bad.broken.tensor in msg and BAD in msg and "decode to NaN" in msg, msg
@@ -83,10 +97,13 @@ def test_bad_tensor_found_while_streaming_leaves_nothing_behind(host, medium, fi
     ok = host.run_prompt(good_prompt)
     assert rl.vram(ok)["models"][0]["total_bytes"] > 50e6
     grew = rss1 - rss0
-    figures("faults", f"late NaN codes ({read_before} of {len(order)} tensors read first): {FAILING_LOADS} failing "
-                      f"loads, same error each time, nothing cached; host RSS {rl.mib(rss0)} -> {rl.mib(rss1)} "
-                      f"({grew / 2**20:+.1f} MiB, margin {RSS_MARGIN / 2**20:.0f} MiB; MiB after each: {trace}); "
-                      f"the good prompt then loaded")
+    figures(
+        "faults",
+        f"late NaN codes ({read_before} of {len(order)} tensors read first): {FAILING_LOADS} failing "
+        f"loads, same error each time, nothing cached; host RSS {rl.mib(rss0)} -> {rl.mib(rss1)} "
+        f"({grew / 2**20:+.1f} MiB, margin {RSS_MARGIN / 2**20:.0f} MiB; MiB after each: {trace}); "
+        f"the good prompt then loaded",
+    )
     # RSS after a failed load depends on the policy (the allocator keeps some of what the partial
     # model used): the baseline and the end are both taken after a scaled-mm failure, and each
     # policy's failures are compared with its own earlier ones.
@@ -166,11 +183,14 @@ def test_interrupted_prompt_ends_cleanly_and_the_next_works(host, medium, figure
     after = host.run_prompt(rl.sample_prompt(GOOD, "fp8-cast", tag="faults_long", steps=1))
     assert after["status"]["status_str"] == "success"
     grew = rss1 - rss0
-    figures("faults", f"{len(where)} interrupts during load prompts, landed in: {', '.join(where)}; host RSS "
-                      f"{rl.mib(rss0)} -> {rl.mib(rss1)} ({grew / 2**20:+.1f} MiB, margin "
-                      f"{RSS_MARGIN / 2**20:.0f} MiB); a 10000-step sampling interrupted after 1.5 s stopped in "
-                      f"{stopped_in:.1f} s in {sampler}; the next prompts succeeded (RSS MiB after each round: {trace}, "
-                      f"measured from round {WARMUP_ROUNDS})")
+    figures(
+        "faults",
+        f"{len(where)} interrupts during load prompts, landed in: {', '.join(where)}; host RSS "
+        f"{rl.mib(rss0)} -> {rl.mib(rss1)} ({grew / 2**20:+.1f} MiB, margin "
+        f"{RSS_MARGIN / 2**20:.0f} MiB); a 10000-step sampling interrupted after 1.5 s stopped in "
+        f"{stopped_in:.1f} s in {sampler}; the next prompts succeeded (RSS MiB after each round: {trace}, "
+        f"measured from round {WARMUP_ROUNDS})",
+    )
     assert grew <= RSS_MARGIN, f"host RSS grew {grew / 2**20:.1f} MiB after the warm-up: {trace}"
 
 
@@ -250,23 +270,32 @@ def test_out_of_memory_says_which_mode_would_fit(pack, monkeypatch, oom_file, ki
     est = errors.weight_bytes_by_preset(plan)
     assert est["requested"] == est["bf16"] > 1.4 * est["fp8-cast"]
 
-    exc = {"cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB"),
-           "cpu-runtime": RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
-                                       "memory: you tried to allocate 4194304 bytes"),
-           "python": MemoryError()}[kind]
+    exc = {
+        "cuda": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB"),
+        "cpu-runtime": RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 4194304 bytes"
+        ),
+        "python": MemoryError(),
+    }[kind]
     between = (est["fp8-cast"] + est["bf16"]) // 2
     shown = None
-    for avail, expect in ((between, "fp8-cast (or scaled-mm) would fit: try it"),
-                          (est["fp8-cast"] // 2, "mode fits the memory available now, not even fp8-cast"),
-                          (4 * est["bf16"], "other models or processes hold the memory")):
+    for avail, expect in (
+        (between, "fp8-cast (or scaled-mm) would fit: try it"),
+        (est["fp8-cast"] // 2, "mode fits the memory available now, not even fp8-cast"),
+        (4 * est["bf16"], "other models or processes hold the memory"),
+    ):
         monkeypatch.setattr(errors, "_available", lambda e, avail=avail: ("RAM available", avail))
         msg = _oom_during_load(pack, monkeypatch, plan, exc)
         assert expect in msg and "fp8-cast" in msg and "m.safetensors" in msg, msg
         assert f"{est['fp8-cast'] / 2**30:.2f} GiB with fp8-cast" in msg, msg
         shown = shown or msg
     if kind == "cuda":
-        figures("faults", f"simulated out of memory (CUDA, CPU allocator, Python MemoryError) inside the load: "
-                          f"a MemoryError naming the file and the modes that fit, e.g. \"{shown}\"")
+        figures(
+            "faults",
+            f"simulated out of memory (CUDA, CPU allocator, Python MemoryError) inside the load: "
+            f'a MemoryError naming the file and the modes that fit, e.g. "{shown}"',
+        )
 
     # Out of memory before a plan exists: still a MemoryError that points at fp8-cast.
     with pytest.raises(MemoryError, match="try policy fp8-cast"):
@@ -284,8 +313,7 @@ def test_loader_node_out_of_memory_message_uses_its_plan(pack, monkeypatch, oom_
 
     loader_node = importlib.import_module(pack.__name__ + ".nodes.loader").LTXFP8CheckpointLoader
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints",
-                        ([str(oom_file.parent)], {".safetensors"}))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints", ([str(oom_file.parent)], {".safetensors"}))
     monkeypatch.setattr(errors, "_available", lambda e: ("RAM available", 1))
     hm = pack.bridge.host_model
     real = hm.iter_load

@@ -14,6 +14,7 @@ The header parser alone is fuzzed in test_safetensors_header.py.
 Pickle formats are refused by name before a byte is read: files that would run code when
 unpickled are handed to the loader and the node, and the code never runs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,13 +27,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loader_fuzz as lf
 import pytest
 import torch
+from host_import import HOST_AVAILABLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import loader_fuzz as lf
-from host_import import HOST_AVAILABLE
 
 EXAMPLES_PER_KIND = int(os.environ.get("LOADER_FUZZ_EXAMPLES", "20"))
 SEEDED_CASES = int(os.environ.get("LOADER_FUZZ_SEEDED", "200"))
@@ -65,8 +65,13 @@ def report_counts(figures):
         for (kind, verdict), n in counter.items():
             per_kind[kind][verdict] = n
         total = sum(counter.values())
-        figures("hostile files", f"{driver}: {total} cases; " + "; ".join(
-            f"{k} {v.get('loaded', 0)} loaded / {v.get('refused', 0)} refused" for k, v in sorted(per_kind.items())))
+        figures(
+            "hostile files",
+            f"{driver}: {total} cases; "
+            + "; ".join(
+                f"{k} {v.get('loaded', 0)} loaded / {v.get('refused', 0)} refused" for k, v in sorted(per_kind.items())
+            ),
+        )
 
 
 def _run(driver: str, case: lf.Case, path: Path, policy: str, pack) -> None:
@@ -74,9 +79,12 @@ def _run(driver: str, case: lf.Case, path: Path, policy: str, pack) -> None:
     COUNTS[driver][(case.kind, verdict)] += 1
 
 
-SETTINGS = settings(max_examples=EXAMPLES_PER_KIND, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=EXAMPLES_PER_KIND,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("kind", lf.KINDS)
@@ -103,9 +111,21 @@ def test_atheris_run(tmp_path):
     quant modules instrumented. Any violation is an uncaught exception = a libFuzzer crash."""
     pytest.importorskip("atheris")
     counts = tmp_path / "counts.json"
-    cmd = [sys.executable, str(Path(lf.__file__)), "--atheris", str(tmp_path), str(counts),
-           f"-runs={ATHERIS_RUNS}", "-seed=1", "-max_len=128", "-len_control=0", "-timeout=60",
-           "-max_total_time=240", "-rss_limit_mb=6000", f"-artifact_prefix={tmp_path}/"]
+    cmd = [
+        sys.executable,
+        str(Path(lf.__file__)),
+        "--atheris",
+        str(tmp_path),
+        str(counts),
+        f"-runs={ATHERIS_RUNS}",
+        "-seed=1",
+        "-max_len=128",
+        "-len_control=0",
+        "-timeout=60",
+        "-max_total_time=240",
+        "-rss_limit_mb=6000",
+        f"-artifact_prefix={tmp_path}/",
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(lf.__file__).resolve().parent.parent))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     tail = (proc.stdout + proc.stderr)[-6000:]
@@ -147,7 +167,7 @@ def test_scale_that_cannot_be_a_scale_is_refused(bases, tmp_path, value):
         blob = lf.relayout(base, {key: ("I32", e.shape, (3).to_bytes(4, "little"))})
     else:
         raw = bytearray(base.raw)
-        raw[e.begin:e.end] = struct.pack("<f", 1e38)
+        raw[e.begin : e.end] = struct.pack("<f", 1e38)
         blob = bytes(raw)
     path = tmp_path / "scale.safetensors"
     path.write_bytes(blob)
@@ -189,8 +209,9 @@ def test_config_num_layers_unlike_the_file_is_refused_before_the_host_builds(bas
     path.write_bytes(lf.serialize([(k, meta if k == "__metadata__" else v) for k, v in base.header.items()], base.data))
     plan = pack.quant.loader.plan_checkpoint(str(path), "auto", device="cpu")
     with pytest.raises(pack.quant.errors.CheckpointError, match="num_layers = 48 but the file holds 2"):
-        pack.bridge.host_model.build_model_patcher(plan, load_device=torch.device("cpu"),
-                                                   offload_device=torch.device("cpu"))
+        pack.bridge.host_model.build_model_patcher(
+            plan, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,8 +272,12 @@ def test_pickle_in_the_checkpoints_folder_is_not_listed_nor_loadable(host, tmp_p
     marker = tmp_path / "UNPICKLED"
     payload = pickle.dumps({"w": _RunsCode(str(marker))})
     names = []
-    for folder, suffix in (("checkpoints", ".ckpt"), ("checkpoints", ".pt"), ("diffusion_models", ".bin"),
-                           ("checkpoints", ".pth")):
+    for folder, suffix in (
+        ("checkpoints", ".ckpt"),
+        ("checkpoints", ".pt"),
+        ("diffusion_models", ".bin"),
+        ("checkpoints", ".pth"),
+    ):
         name = f"hostile_evil{suffix}"
         (host.model_dir(folder) / name).write_bytes(payload)
         names.append(name)
@@ -261,9 +286,12 @@ def test_pickle_in_the_checkpoints_folder_is_not_listed_nor_loadable(host, tmp_p
     options = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
     for name in names:
         assert name not in options, f"{name} offered by the loader"
-        status, body = host.post_prompt({
-            "1": {"class_type": "LTXFP8CheckpointLoader", "inputs": {"ckpt_name": name, "policy": "auto"}},
-            "2": {"class_type": "LTXFP8VRAMReport", "inputs": {"model": ["1", 0]}}})
+        status, body = host.post_prompt(
+            {
+                "1": {"class_type": "LTXFP8CheckpointLoader", "inputs": {"ckpt_name": name, "policy": "auto"}},
+                "2": {"class_type": "LTXFP8VRAMReport", "inputs": {"model": ["1", 0]}},
+            }
+        )
         assert status == 400, body
         assert "ckpt_name" in json.dumps(body) and name in json.dumps(body), body
         COUNTS["pickle"][(f"node {Path(name).suffix}", "refused")] += 1

@@ -9,6 +9,7 @@
     bound of the reference, full-precision tensors are the reference bit for bit; per-row,
     [out, 1] scales, transposed storage, prefixes, bf16 block sets, breakages, LoRA, CLI, streaming.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from host_import import HOST_AVAILABLE, HOST_SKIP_REASON, import_host  # noqa: E402
+
 from quant.fp8 import E4M3_MAX, FP8, amax_scale, quantize  # noqa: E402
 from quant.ltx2_shapes import block_index, expected_linear_shapes, is_sensitive  # noqa: E402
 from tools import ltx2_fixture as F  # noqa: E402
@@ -61,8 +63,11 @@ def host_linear_shapes(model) -> dict[str, tuple[int, int]]:
 
 
 @needs_host
-@pytest.mark.parametrize("cfg", [F.TINY, F.TINY_LTX2, TINY_FIRST_LINEAR, LTX23_REAL_1],
-                         ids=["tiny-2.3", "tiny-2.0", "tiny-caption-first-linear", "real-2.3-1block"])
+@pytest.mark.parametrize(
+    "cfg",
+    [F.TINY, F.TINY_LTX2, TINY_FIRST_LINEAR, LTX23_REAL_1],
+    ids=["tiny-2.3", "tiny-2.0", "tiny-caption-first-linear", "real-2.3-1block"],
+)
 def test_key_set_and_shapes_equal_host_model(cfg):
     device = torch.device("meta") if cfg is LTX23_REAL_1 else None
     model = host_model(cfg, device=device)
@@ -77,15 +82,25 @@ def test_key_set_and_shapes_equal_host_model(cfg):
 def test_real_config_shapes_match_reference_table():
     """The 22B widths of ltx2-checkpoints.md: 34 linears per block, ~387M parameters."""
     shapes = expected_linear_shapes(F.REAL)
-    b = {k[len("transformer_blocks.10."):]: v for k, v in shapes.items() if k.startswith("transformer_blocks.10.")}
+    b = {k[len("transformer_blocks.10.") :]: v for k, v in shapes.items() if k.startswith("transformer_blocks.10.")}
     assert len(b) == 34
     assert b["attn1.to_q"] == (4096, 4096) and b["attn2.to_gate_logits"] == (32, 4096)
     assert b["ff.net.0.proj"] == (16384, 4096) and b["ff.net.2"] == (4096, 16384)
     assert b["audio_ff.net.0.proj"] == (8192, 2048) and b["audio_attn1.to_gate_logits"] == (32, 2048)
-    assert [b[f"audio_to_video_attn.{n}"] for n in ("to_q", "to_k", "to_v", "to_out.0", "to_gate_logits")] == \
-        [(2048, 4096), (2048, 2048), (2048, 2048), (4096, 2048), (32, 4096)]
-    assert [b[f"video_to_audio_attn.{n}"] for n in ("to_q", "to_k", "to_v", "to_out.0", "to_gate_logits")] == \
-        [(2048, 2048), (2048, 4096), (2048, 4096), (2048, 2048), (32, 2048)]
+    assert [b[f"audio_to_video_attn.{n}"] for n in ("to_q", "to_k", "to_v", "to_out.0", "to_gate_logits")] == [
+        (2048, 4096),
+        (2048, 2048),
+        (2048, 2048),
+        (4096, 2048),
+        (32, 4096),
+    ]
+    assert [b[f"video_to_audio_attn.{n}"] for n in ("to_q", "to_k", "to_v", "to_out.0", "to_gate_logits")] == [
+        (2048, 2048),
+        (2048, 4096),
+        (2048, 4096),
+        (2048, 2048),
+        (32, 2048),
+    ]
     params = sum(o * i + o for o, i in b.values())
     assert 380e6 < params < 395e6
     assert sum(1 for k in shapes if block_index(k) is not None) == 48 * 34
@@ -99,8 +114,7 @@ def test_host_loader_reads_bf16_file_strictly(tmp_path, caplog, prefix):
     import_host()
     import comfy.sd
 
-    fx = F.write_checkpoint(tmp_path / "m.safetensors", F.TINY, "bf16", seed=3, prefix=prefix,
-                            passengers=bool(prefix))
+    fx = F.write_checkpoint(tmp_path / "m.safetensors", F.TINY, "bf16", seed=3, prefix=prefix, passengers=bool(prefix))
     with caplog.at_level(logging.WARNING):
         patcher = comfy.sd.load_diffusion_model(fx.path)
     assert not [r for r in caplog.records if "unet missing" in r.message or "unet unexpected" in r.message]
@@ -114,8 +128,12 @@ def test_host_loader_reads_bf16_file_strictly(tmp_path, caplog, prefix):
     with torch.no_grad():
         vx, ax = torch.randn(1, 128, 2, 4, 4), torch.randn(1, 8, 5, 16)
         ctx = torch.randn(1, 7, F.TINY["cross_attention_dim"] + F.TINY["audio_cross_attention_dim"])
-        out = dm([vx.to(sd["patchify_proj.weight"].dtype), ax.to(sd["patchify_proj.weight"].dtype)],
-                 torch.tensor([0.5]), ctx.to(sd["patchify_proj.weight"].dtype), frame_rate=25)
+        out = dm(
+            [vx.to(sd["patchify_proj.weight"].dtype), ax.to(sd["patchify_proj.weight"].dtype)],
+            torch.tensor([0.5]),
+            ctx.to(sd["patchify_proj.weight"].dtype),
+            frame_rate=25,
+        )
     assert [tuple(o.shape) for o in out] == [tuple(vx.shape), tuple(ax.shape)]
     assert all(torch.isfinite(o).all() for o in out)
 
@@ -173,19 +191,26 @@ def test_shapes_defaults_and_num_layers_override():
     assert r["adaln_single.linear"] == (9 * 4096, 4096) and r["proj_out"] == (128, 4096)
 
 
-@pytest.mark.parametrize("name,sensitive", [
-    ("transformer_blocks.3.attn1.to_q", False),
-    ("transformer_blocks.47.ff.net.2", False),
-    ("model.diffusion_model.transformer_blocks.0.audio_to_video_attn.to_gate_logits.weight", False),
-    ("transformer_blocks.3.attn1.q_norm", True),
-    ("transformer_blocks.3.scale_shift_table", True),
-    ("transformer_blocks.3.scale_shift_table_a2v_ca_audio", True),
-    ("patchify_proj", True), ("audio_patchify_proj", True), ("proj_out", True), ("audio_proj_out", True),
-    ("adaln_single.linear", True), ("av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1", True),
-    ("caption_projection.linear_1", True),
-    ("video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q", True),
-    ("diffusion_model.audio_embeddings_connector.transformer_1d_blocks.0.ff.net.2", True),
-])
+@pytest.mark.parametrize(
+    "name,sensitive",
+    [
+        ("transformer_blocks.3.attn1.to_q", False),
+        ("transformer_blocks.47.ff.net.2", False),
+        ("model.diffusion_model.transformer_blocks.0.audio_to_video_attn.to_gate_logits.weight", False),
+        ("transformer_blocks.3.attn1.q_norm", True),
+        ("transformer_blocks.3.scale_shift_table", True),
+        ("transformer_blocks.3.scale_shift_table_a2v_ca_audio", True),
+        ("patchify_proj", True),
+        ("audio_patchify_proj", True),
+        ("proj_out", True),
+        ("audio_proj_out", True),
+        ("adaln_single.linear", True),
+        ("av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1", True),
+        ("caption_projection.linear_1", True),
+        ("video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q", True),
+        ("diffusion_model.audio_embeddings_connector.transformer_1d_blocks.0.ff.net.2", True),
+    ],
+)
 def test_is_sensitive(name, sensitive):
     assert is_sensitive(name) is sensitive
 
@@ -246,9 +271,10 @@ def check_file(fx, *, scale_2d=False):
                 assert 0 < isc.item() < 1
         for key in expected_keys:
             if key in fx.passengers or key.endswith(
-                    (".weight_scale", ".input_scale", ".scale_weight", ".scale_input", ".comfy_quant", "scaled_fp8")):
+                (".weight_scale", ".input_scale", ".scale_weight", ".scale_input", ".comfy_quant", "scaled_fp8")
+            ):
                 continue
-            name = key[len(fx.prefix):]
+            name = key[len(fx.prefix) :]
             layer = name.rpartition(".")[0]
             if layer in fx.quantized and name.endswith(".weight"):
                 continue
@@ -270,8 +296,11 @@ def test_every_encoding_matches_reference(tmp_path, encoding):
         assert set(fx.full_precision) == set(lin) - set(fx.quantized)
     else:
         assert fx.quantized == {} and set(fx.full_precision) == set(lin)
-        assert all(dt == {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}[encoding]
-                   for k, (dt, _) in fx.keys.items() if k not in fx.passengers)
+        assert all(
+            dt == {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}[encoding]
+            for k, (dt, _) in fx.keys.items()
+            if k not in fx.passengers
+        )
     with safe_open(fx.path, "pt") as f:
         keys = set(f.keys())
         md = f.metadata()
@@ -303,12 +332,15 @@ def test_every_encoding_matches_reference(tmp_path, encoding):
 
 
 @pytest.mark.parametrize("encoding", F.FP8_ENCODINGS)
-@pytest.mark.parametrize("per_row,scale_2d,transposed", [
-    (True, False, False), (True, True, False), (False, False, True), (True, False, True)],
-    ids=["per-row", "per-row-2d", "transposed", "per-row-transposed"])
+@pytest.mark.parametrize(
+    "per_row,scale_2d,transposed",
+    [(True, False, False), (True, True, False), (False, False, True), (True, False, True)],
+    ids=["per-row", "per-row-2d", "transposed", "per-row-transposed"],
+)
 def test_per_row_and_transposed_variants(tmp_path, encoding, per_row, scale_2d, transposed):
-    fx = F.write_checkpoint(tmp_path / "v.safetensors", F.TINY, encoding, seed=12, per_row=per_row,
-                            scale_2d=scale_2d, transposed=transposed)
+    fx = F.write_checkpoint(
+        tmp_path / "v.safetensors", F.TINY, encoding, seed=12, per_row=per_row, scale_2d=scale_2d, transposed=transposed
+    )
     worst = check_file(fx, scale_2d=scale_2d)
     assert worst < REL_BOUND
     assert all(q.per_row is per_row and q.transposed is transposed for q in fx.quantized.values())
@@ -326,19 +358,21 @@ def test_per_row_scales_differ_between_rows(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["", "diffusion_model."])
 def test_prefixes(tmp_path, prefix):
-    fx = F.write_checkpoint(tmp_path / "p.safetensors", F.TINY, "comfy-native-header", seed=14, prefix=prefix,
-                            passengers=False)
+    fx = F.write_checkpoint(
+        tmp_path / "p.safetensors", F.TINY, "comfy-native-header", seed=14, prefix=prefix, passengers=False
+    )
     check_file(fx)
     assert all(k.startswith(prefix) for k in fx.keys)
-    assert "patchify_proj.weight" in {k[len(prefix):] for k in fx.keys}
+    assert "patchify_proj.weight" in {k[len(prefix) :] for k in fx.keys}
     md = json.loads(fx.metadata["_quantization_metadata"])
     assert all(name.startswith(prefix + "transformer_blocks.") for name in md["layers"])
 
 
 def test_bf16_blocks_gate_and_input_scale_options(tmp_path):
     cfg = F.config(F.TINY, num_layers=4)
-    fx = F.write_checkpoint(tmp_path / "b.safetensors", cfg, "ltx-core", seed=15, bf16_blocks=(0, 3),
-                            quantize_gate=False, input_scale=None)
+    fx = F.write_checkpoint(
+        tmp_path / "b.safetensors", cfg, "ltx-core", seed=15, bf16_blocks=(0, 3), quantize_gate=False, input_scale=None
+    )
     check_file(fx)
     assert {block_index(n) for n in fx.quantized} == {1, 2}
     assert not any(n.endswith("to_gate_logits") for n in fx.quantized)
@@ -346,8 +380,9 @@ def test_bf16_blocks_gate_and_input_scale_options(tmp_path):
     assert not any(k.endswith(".input_scale") for k in fx.keys)
     assert fx.keys["model.diffusion_model.transformer_blocks.1.attn1.to_gate_logits.weight"][0] == "BF16"
     # A single-block file is quantized by default; a fixed input scale goes to every layer.
-    one = F.write_checkpoint(tmp_path / "one.safetensors", F.config(F.TINY, num_layers=1), "ltx-core",
-                             seed=15, input_scale=0.02)
+    one = F.write_checkpoint(
+        tmp_path / "one.safetensors", F.config(F.TINY, num_layers=1), "ltx-core", seed=15, input_scale=0.02
+    )
     assert len(one.quantized) == 34
     assert {q.input_scale for q in one.quantized.values()} == {float(torch.tensor(0.02))}
     check_file(one)
@@ -372,7 +407,7 @@ def test_deterministic_and_seeded(tmp_path):
 def test_reference_magnitudes():
     sd = F.make_reference_state_dict(F.TINY, seed=1, dtype=torch.float32)
     w = sd["transformer_blocks.0.ff.net.2.weight"]
-    assert 0.5 < float(w.std() * 256 ** 0.5) < 2.0
+    assert 0.5 < float(w.std() * 256**0.5) < 2.0
     assert float(sd["transformer_blocks.0.attn1.to_q.bias"].abs().max()) < 0.2
     assert abs(float(sd["transformer_blocks.0.attn1.q_norm.weight"].mean()) - 1) < 0.05
     assert float(sd["transformer_blocks.0.scale_shift_table"].abs().max()) < 0.5
@@ -390,8 +425,9 @@ def _read_all(path):
 
 
 @pytest.mark.parametrize("encoding", ["ltx-core", "comfy-legacy"])
-@pytest.mark.parametrize("kind", ["missing_scale", "nan_scale", "inf_scale", "zero_scale", "negative_scale",
-                                  "scale_shape", "nan_codes"])
+@pytest.mark.parametrize(
+    "kind", ["missing_scale", "nan_scale", "inf_scale", "zero_scale", "negative_scale", "scale_shape", "nan_codes"]
+)
 def test_scale_and_code_breakages(tmp_path, encoding, kind):
     fx = F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, encoding, seed=21, breakage=kind)
     br = fx.broken
@@ -411,8 +447,12 @@ def test_scale_and_code_breakages(tmp_path, encoding, kind):
     if kind == "scale_shape":
         assert tuple(s.shape) == (65,)
     else:
-        check = {"nan_scale": torch.isnan, "inf_scale": torch.isinf, "zero_scale": lambda t: t == 0,
-                 "negative_scale": lambda t: t < 0}[kind]
+        check = {
+            "nan_scale": torch.isnan,
+            "inf_scale": torch.isinf,
+            "zero_scale": lambda t: t == 0,
+            "negative_scale": lambda t: t < 0,
+        }[kind]
         assert bool(check(s).any())
     # Everything else is intact.
     other = "transformer_blocks.1.attn1.to_q"
@@ -420,8 +460,15 @@ def test_scale_and_code_breakages(tmp_path, encoding, kind):
 
 
 def test_per_row_scale_breakage_hits_one_row(tmp_path):
-    fx = F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "ltx-core", seed=22, per_row=True,
-                            breakage="nan_scale", break_layer="transformer_blocks.1.ff.net.2")
+    fx = F.write_checkpoint(
+        tmp_path / "x.safetensors",
+        F.TINY,
+        "ltx-core",
+        seed=22,
+        per_row=True,
+        breakage="nan_scale",
+        break_layer="transformer_blocks.1.ff.net.2",
+    )
     s = _read_all(fx.path)[fx.broken.tensor]
     assert s.shape == (64,) and int(torch.isnan(s).sum()) == 1
     assert fx.broken.layer == "transformer_blocks.1.ff.net.2"
@@ -429,8 +476,9 @@ def test_per_row_scale_breakage_hits_one_row(tmp_path):
 
 @pytest.mark.parametrize("transposed", [False, True])
 def test_mixed_layout(tmp_path, transposed):
-    fx = F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "ltx-core", seed=23, transposed=transposed,
-                            breakage="mixed_layout")
+    fx = F.write_checkpoint(
+        tmp_path / "x.safetensors", F.TINY, "ltx-core", seed=23, transposed=transposed, breakage="mixed_layout"
+    )
     br = fx.broken
     assert br.layer == "transformer_blocks.1.ff.net.0.proj" and br.tensor == fx.prefix + br.layer + ".weight"
     lin = expected_linear_shapes(F.TINY)
@@ -454,7 +502,7 @@ def test_truncate(tmp_path, encoding):
     fx = F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, encoding, seed=25, breakage="truncate")
     last = max(fx.keys)  # tensors are written in key order; passengers sort last ("vocoder.")
     assert fx.broken.tensor == last
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own (private) error type
         _read_all(fx.path)
 
 
@@ -462,11 +510,21 @@ def test_breakage_argument_errors(tmp_path):
     with pytest.raises(ValueError):
         F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "bf16", breakage="nan_scale")
     with pytest.raises(ValueError):
-        F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "ltx-core", breakage="nan_scale",
-                           break_layer="transformer_blocks.0.attn1.to_k")  # block 0 is bf16
+        F.write_checkpoint(
+            tmp_path / "x.safetensors",
+            F.TINY,
+            "ltx-core",
+            breakage="nan_scale",
+            break_layer="transformer_blocks.0.attn1.to_k",
+        )  # block 0 is bf16
     with pytest.raises(ValueError):
-        F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "ltx-core", breakage="mixed_layout",
-                           break_layer="transformer_blocks.1.attn1.to_q")  # square
+        F.write_checkpoint(
+            tmp_path / "x.safetensors",
+            F.TINY,
+            "ltx-core",
+            breakage="mixed_layout",
+            break_layer="transformer_blocks.1.attn1.to_q",
+        )  # square
     with pytest.raises(ValueError):
         F.write_checkpoint(tmp_path / "x.safetensors", F.TINY, "nope")
 
@@ -502,22 +560,46 @@ def test_write_lora(tmp_path, alpha):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli.safetensors"
-    r = subprocess.run([sys.executable, "-m", "tools.ltx2_fixture", str(out), "--encoding", "comfy-legacy",
-                        "--layers", "3", "--bf16-blocks", "0,2", "--per-row"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.ltx2_fixture",
+            str(out),
+            "--encoding",
+            "comfy-legacy",
+            "--layers",
+            "3",
+            "--bf16-blocks",
+            "0,2",
+            "--per-row",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["num_layers"] == 3 and info["quantized_layers"] == 34 and info["encoding"] == "comfy-legacy"
-    fx = F.write_checkpoint(tmp_path / "same.safetensors", F.config(F.TINY, num_layers=3), "comfy-legacy",
-                            bf16_blocks=(0, 2), per_row=True)
+    fx = F.write_checkpoint(
+        tmp_path / "same.safetensors", F.config(F.TINY, num_layers=3), "comfy-legacy", bf16_blocks=(0, 2), per_row=True
+    )
     assert out.read_bytes() == Path(fx.path).read_bytes()
 
 
 def test_streaming_write_memory(tmp_path):
     """Peak memory while writing grows with the largest tensor, not with the model: 6 blocks at a
     quarter of the real width (~150M parameters, ~300 MB in bf16) add far less than that."""
-    cfg = F.config(F.REAL, num_layers=6, num_attention_heads=8, audio_num_attention_heads=8,
-                   cross_attention_dim=1024, audio_cross_attention_dim=512, connector_num_layers=0)
+    cfg = F.config(
+        F.REAL,
+        num_layers=6,
+        num_attention_heads=8,
+        audio_num_attention_heads=8,
+        cross_attention_dim=1024,
+        audio_cross_attention_dim=512,
+        connector_num_layers=0,
+    )
     model_bf16 = sum(2 * torch.Size(s).numel() for s in F.expected_state_shapes(cfg).values())
     assert model_bf16 > 250e6
     code = (

@@ -6,15 +6,15 @@ temporary models tree. Over HTTP (the session host): names leading out are refus
 (400) or as a node error with a one-line message, and the next prompt works.
 The pack adds no HTTP route of its own (nodes only), so there is no route input to validate.
 """
+
 from __future__ import annotations
 
 import os
 import time
 
 import pytest
-import torch
-
 import reliability as rl
+import torch
 from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
 
 # ------------------------------------------------------------------------------------------------
@@ -37,8 +37,14 @@ def models(tmp_path, monkeypatch):
     ck, dm, out = tmp_path / "models" / "checkpoints", tmp_path / "models" / "diffusion_models", tmp_path / "outside"
     for d in (ck, dm, out, ck / "sub", out / "dir"):
         d.mkdir(parents=True)
-    for p in (ck / "real.safetensors", ck / "sub" / "real2.safetensors", dm / "dm.safetensors",
-              out / "secret.safetensors", out / "dir" / "inner.safetensors", ck / "evil.ckpt"):
+    for p in (
+        ck / "real.safetensors",
+        ck / "sub" / "real2.safetensors",
+        dm / "dm.safetensors",
+        out / "secret.safetensors",
+        out / "dir" / "inner.safetensors",
+        ck / "evil.ckpt",
+    ):
         p.write_bytes(b"x")
     (ck / "link_out.safetensors").symlink_to(out / "secret.safetensors")
     (ck / "linkdir").symlink_to(out / "dir", target_is_directory=True)
@@ -70,8 +76,8 @@ def test_resolve_checkpoint_refuses_names_leading_out(models):
     paths, ck, dm, out = models
 
     cases = dict(REFUSED)
-    cases[str(out / "secret.safetensors")] = "relative name"   # absolute
-    cases[str(ck / "real.safetensors")] = "relative name"      # absolute, even inside
+    cases[str(out / "secret.safetensors")] = "relative name"  # absolute
+    cases[str(ck / "real.safetensors")] = "relative name"  # absolute, even inside
     for name, fragment in cases.items():
         with pytest.raises(ValueError) as err:  # CheckpointError is a ValueError
             paths.resolve_checkpoint(name)
@@ -108,15 +114,23 @@ def test_names_leading_out_are_refused_and_the_server_keeps_serving(host, figure
     (outside / "dir").mkdir(exist_ok=True)
     rl.write_checkpoint(outside / "dir" / "inner.safetensors", rl.TINY, "ltx-core", seed=13)
     ck = host.model_dir("checkpoints")
-    for link, target in (("paths_link_out.safetensors", outside / "secret.safetensors"),
-                         ("paths_linkdir", outside / "dir")):
+    for link, target in (
+        ("paths_link_out.safetensors", outside / "secret.safetensors"),
+        ("paths_linkdir", outside / "dir"),
+    ):
         if not (ck / link).is_symlink():
             (ck / link).symlink_to(target, target_is_directory=target.is_dir())
 
     refused_400, node_errors = 0, 0
-    for name in ("../outside_models/secret.safetensors", "../../outside_models/secret.safetensors",
-                 str(outside / "secret.safetensors"), str(ck / good), "..\\secret.safetensors",
-                 "sub/../../../etc/passwd", "nope.safetensors"):
+    for name in (
+        "../outside_models/secret.safetensors",
+        "../../outside_models/secret.safetensors",
+        str(outside / "secret.safetensors"),
+        str(ck / good),
+        "..\\secret.safetensors",
+        "sub/../../../etc/passwd",
+        "nope.safetensors",
+    ):
         status, body = host.post_prompt(rl.load_prompt(name))
         assert status == 400, (name, body)
         assert "ckpt_name" in str(body), body
@@ -136,8 +150,11 @@ def test_names_leading_out_are_refused_and_the_server_keeps_serving(host, figure
         ok = host.run_prompt(rl.load_prompt(good))
         assert rl.vram(ok)["models"][0]["total_bytes"] > 0
     assert host.alive()
-    figures("paths", f"{refused_400} names refused at validation (400), {node_errors} symlinks leading out "
-                     f"refused as node errors; the next prompt loaded each time")
+    figures(
+        "paths",
+        f"{refused_400} names refused at validation (400), {node_errors} symlinks leading out "
+        f"refused as node errors; the next prompt loaded each time",
+    )
 
 
 MODES = ("auto", "fp8-cast", "scaled-mm", "bf16", "fp8-cast; transformer_blocks.1.*=bf16")
@@ -170,8 +187,11 @@ def test_loads_never_write_the_file(host, figures):
             runs += 1
     for name in names:
         assert rl.fingerprint(host.model_dir("checkpoints") / name) == before[name], f"{name} was written"
-    figures("files", f"{runs} loads ({len(MODES)} modes x {len(names)} files, over HTTP with Apply Quant Policy "
-                     f"switches, and in-process): sha256, size and mtime unchanged")
+    figures(
+        "files",
+        f"{runs} loads ({len(MODES)} modes x {len(names)} files, over HTTP with Apply Quant Policy "
+        f"switches, and in-process): sha256, size and mtime unchanged",
+    )
 
 
 def test_file_changed_on_disk_is_reloaded_not_served_from_cache(host, figures):
@@ -224,9 +244,12 @@ def test_file_changed_on_disk_is_reloaded_not_served_from_cache(host, figures):
     assert "bf16" in bf16_bytes and not ({"fp8-cast", "scaled-mm"} & set(bf16_bytes)), bf16_bytes
     assert {"fp8-cast", "scaled-mm"} & set(fp8_bytes), fp8_bytes
     assert "encodings: full-precision" in rl.text(after)
-    figures("files", f"file rewritten on disk, same size, new seed: reloaded, latents moved by {diff_old:.3g} "
-                     f"(rel.) and equal a fresh load of the new file bit for bit; rewritten as bf16: "
-                     f"bytes by mode {fp8_bytes} -> {bf16_bytes}")
+    figures(
+        "files",
+        f"file rewritten on disk, same size, new seed: reloaded, latents moved by {diff_old:.3g} "
+        f"(rel.) and equal a fresh load of the new file bit for bit; rewritten as bf16: "
+        f"bytes by mode {fp8_bytes} -> {bf16_bytes}",
+    )
 
 
 def test_file_replaced_between_plan_and_load_is_refused(tmp_path):

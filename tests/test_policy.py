@@ -3,6 +3,7 @@
 Round trips, first match wins, comments and blank lines, the `auto` rule mode, sensitive layers,
 and `mode_for` on a device with fast fp8 GEMM and without.
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,8 +32,10 @@ ROUND_TRIP = [
     Policy(),
     Policy("fp8-cast"),
     Policy("scaled-mm", (Rule("transformer_blocks.0.*", "bf16"),)),
-    Policy("bf16", (Rule("*.ff.*", "scaled-mm"), Rule("transformer_blocks.[0-3].*", "fp8-cast"),
-                    Rule("patchify_proj", "auto"))),
+    Policy(
+        "bf16",
+        (Rule("*.ff.*", "scaled-mm"), Rule("transformer_blocks.[0-3].*", "fp8-cast"), Rule("patchify_proj", "auto")),
+    ),
     Policy("auto", (Rule("transformer_blocks.1?.attn1.to_*", "fp8-cast"), Rule("a b", "bf16"))),
 ]
 
@@ -60,8 +63,7 @@ _PATTERN = st.text(alphabet="abcxyz_0123456789.*?[]-=! ", min_size=1, max_size=2
 
 
 @settings(max_examples=150, deadline=None)
-@given(preset=st.sampled_from(PRESETS),
-       rules=st.lists(st.tuples(_PATTERN, st.sampled_from(RULE_MODES)), max_size=5))
+@given(preset=st.sampled_from(PRESETS), rules=st.lists(st.tuples(_PATTERN, st.sampled_from(RULE_MODES)), max_size=5))
 def test_round_trip_property(preset, rules):
     p = Policy(preset, tuple(Rule(pat, mode) for pat, mode in rules))
     assert Policy.from_string(p.to_string()) == p
@@ -86,8 +88,11 @@ transformer_blocks.0.*   = bf16     # first block
 #*.attn2.*=bf16
 """
     rules = parse_rules(text)
-    assert rules == (Rule("transformer_blocks.0.*", "bf16"), Rule("transformer_blocks.47.*", "bf16"),
-                     Rule("*.ff.*", "scaled-mm"))
+    assert rules == (
+        Rule("transformer_blocks.0.*", "bf16"),
+        Rule("transformer_blocks.47.*", "bf16"),
+        Rule("*.ff.*", "scaled-mm"),
+    )
     assert parse_rules("") == parse_rules("\n\n# only comments\n   \n") == ()
     # `;` separates rules on one line too.
     assert parse_rules("a=bf16; b=fp8-cast") == (Rule("a", "bf16"), Rule("b", "fp8-cast"))
@@ -111,14 +116,18 @@ def test_with_rules_puts_node_rules_first():
 
 # -- errors name the offending text ----------------------------------------------------------------
 
-@pytest.mark.parametrize("text, needle", [
-    ("fp8_cast", "fp8_cast"),                                        # unknown preset
-    ("int8", "int8"),
-    ("fp8-cast; transformer_blocks.0.*=int8", "transformer_blocks.0.*=int8"),  # unknown mode
-    ("fp8-cast; transformer_blocks.0.*", "transformer_blocks.0.*"),  # no `=`
-    ("auto; =bf16", "=bf16"),                                        # empty pattern
-    ("auto; a=bf16; b = fp4", "b = fp4"),
-])
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("fp8_cast", "fp8_cast"),  # unknown preset
+        ("int8", "int8"),
+        ("fp8-cast; transformer_blocks.0.*=int8", "transformer_blocks.0.*=int8"),  # unknown mode
+        ("fp8-cast; transformer_blocks.0.*", "transformer_blocks.0.*"),  # no `=`
+        ("auto; =bf16", "=bf16"),  # empty pattern
+        ("auto; a=bf16; b = fp4", "b = fp4"),
+    ],
+)
 def test_bad_policy_strings(text, needle):
     with pytest.raises(PolicyError) as ei:
         Policy.from_string(text)
@@ -141,6 +150,7 @@ def test_bad_rule_lines_name_line_number_and_text():
 
 # -- resolution ----------------------------------------------------------------------------------
 
+
 def test_first_match_wins():
     p = Policy.from_string("fp8-cast; transformer_blocks.1.attn1.*=bf16; transformer_blocks.1.*=scaled-mm")
     assert p.mode_for(Q, True, False, True) == "bf16"
@@ -155,7 +165,7 @@ def test_first_match_wins():
 def test_globs_are_case_sensitive_and_whole_name():
     p = Policy.from_string("bf16; transformer_blocks.1.attn1.to_q=fp8-cast")
     assert p.mode_for(Q, False, False, False) == "fp8-cast"
-    assert p.mode_for(Q + "x", False, False, False) == "bf16"           # fnmatch: whole name
+    assert p.mode_for(Q + "x", False, False, False) == "bf16"  # fnmatch: whole name
     assert p.mode_for(Q.upper(), False, False, False) == "bf16"
 
 
@@ -197,15 +207,29 @@ def test_sensitive_layers_keep_storage_unless_named(fast):
 
 
 def test_sensitive_names():
-    for name in ("patchify_proj", "audio_patchify_proj", "proj_out", "audio_proj_out", "adaln_single.linear",
-                 "adaln_single.emb.timestep_embedder.linear_1", "prompt_adaln_single.linear",
-                 "av_ca_a2v_gate_adaln_single.linear", "caption_projection.linear_1",
-                 "video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q",
-                 "audio_embeddings_connector.transformer_1d_blocks.0.ff.net.2",
-                 "transformer_blocks.3.scale_shift_table", "transformer_blocks.3.attn1.q_norm.weight",
-                 "model.diffusion_model.proj_out.weight"):
+    for name in (
+        "patchify_proj",
+        "audio_patchify_proj",
+        "proj_out",
+        "audio_proj_out",
+        "adaln_single.linear",
+        "adaln_single.emb.timestep_embedder.linear_1",
+        "prompt_adaln_single.linear",
+        "av_ca_a2v_gate_adaln_single.linear",
+        "caption_projection.linear_1",
+        "video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q",
+        "audio_embeddings_connector.transformer_1d_blocks.0.ff.net.2",
+        "transformer_blocks.3.scale_shift_table",
+        "transformer_blocks.3.attn1.q_norm.weight",
+        "model.diffusion_model.proj_out.weight",
+    ):
         assert is_sensitive(name), name
-    for name in (Q, FF, GATE, "transformer_blocks.47.audio_to_video_attn.to_out.0",
-                 "model.diffusion_model.transformer_blocks.3.attn2.to_k.weight",
-                 "diffusion_model.transformer_blocks.3.audio_ff.net.2"):
+    for name in (
+        Q,
+        FF,
+        GATE,
+        "transformer_blocks.47.audio_to_video_attn.to_out.0",
+        "model.diffusion_model.transformer_blocks.3.attn2.to_k.weight",
+        "diffusion_model.transformer_blocks.3.audio_ff.net.2",
+    ):
         assert not is_sensitive(name), name

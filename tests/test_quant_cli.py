@@ -4,6 +4,7 @@
 `test_verify_error_table` also measures the per-encoding / per-mode error maxima in process and
 prints them (pytest -s) and writes them to test-artifacts/quant-verify-errors.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -45,8 +45,9 @@ def run_in_process(capsys, *args):
 
 
 def run_cli(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "quant", *map(str, args)], cwd=REPO, capture_output=True,
-                       text=True, timeout=300, env=ENV)
+    p = subprocess.run(
+        [sys.executable, "-m", "quant", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV
+    )
     if check is not None:
         assert (p.returncode == 0) == check, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
     return p
@@ -58,13 +59,15 @@ def fx(tmp_path_factory):
     out = {
         "file": LF.write_checkpoint(d / "ltx-core.safetensors", LF.TINY, "ltx-core", seed=SEED),
         "ref": LF.write_checkpoint(d / "ref.safetensors", LF.TINY, "fp32", seed=SEED),
-        "per_row": LF.write_checkpoint(d / "per_row.safetensors", LF.TINY, "comfy-legacy", seed=SEED,
-                                       per_row=True, transposed=True, prefix=""),
+        "per_row": LF.write_checkpoint(
+            d / "per_row.safetensors", LF.TINY, "comfy-legacy", seed=SEED, per_row=True, transposed=True, prefix=""
+        ),
     }
     return out
 
 
 # -- inspect --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def inspect_json(fx):
@@ -85,7 +88,7 @@ def test_inspect_json(fx, inspect_json):
             assert r["storage"] == "float8_e4m3fn" and r["encoding"] == "ltx-core"
             assert isinstance(r["scale"], float) and r["scale"] == pytest.approx(float(q.scale), rel=1e-7)
             assert r["input_scale"] == pytest.approx(q.input_scale, rel=1e-7)
-            assert r["mode"] == "fp8-cast"     # auto on CPU
+            assert r["mode"] == "fp8-cast"  # auto on CPU
         else:
             assert r["storage"] == "bfloat16" and r["scale"] is None and r["input_scale"] is None
             assert r["mode"] == "bf16"
@@ -122,9 +125,16 @@ def test_inspect_text(fx, inspect_json):
     assert any(line.startswith("transformer_blocks.1.attn1.to_k ") and "fp8-cast" in line for line in lines)
 
 
-@pytest.mark.parametrize("kind, subprocess_", [("missing_scale", True), ("mixed_layout", False),
-                                              ("negative_scale", False), ("unexpected_key", False),
-                                              ("truncate", False)])
+@pytest.mark.parametrize(
+    "kind, subprocess_",
+    [
+        ("missing_scale", True),
+        ("mixed_layout", False),
+        ("negative_scale", False),
+        ("unexpected_key", False),
+        ("truncate", False),
+    ],
+)
 def test_inspect_broken_file_exits_nonzero_naming_the_culprit(tmp_path, capsys, kind, subprocess_):
     f = LF.write_checkpoint(tmp_path / f"{kind}.safetensors", LF.TINY, "ltx-core", seed=SEED, breakage=kind)
     args = ("inspect", f.path, "--json")
@@ -145,11 +155,12 @@ def test_cli_usage_errors(fx, capsys):
     p = run_in_process(capsys, "verify", f.path, "--reference", str(Path(f.path).with_name("nope.safetensors")))
     assert p.returncode != 0 and "nope.safetensors" in p.stderr
     p = run_in_process(capsys, "inspect", f.path, "--policy", "scaled-mm", "--backend", "tensorrt-llm")
-    if p.returncode != 0:   # (tensorrt_llm is not installed on CPU machines)
+    if p.returncode != 0:  # (tensorrt_llm is not installed on CPU machines)
         assert "tensorrt_llm" in p.stderr and "Traceback" not in p.stderr
 
 
 # -- verify -----------------------------------------------------------------------------------------
+
 
 def _check_verify_rows(result, f, expect_mode):
     assert result["reference"].endswith("ref.safetensors")
@@ -204,8 +215,9 @@ def test_verify_policy_rule_makes_block_1_bf16(fx):
 
 def test_verify_text_and_scaled_mm(fx, capsys):
     f, ref = fx["file"], fx["ref"]
-    p = run_in_process(capsys, "verify", f.path, "--reference", ref.path, "--policy", "scaled-mm",
-                       "--activation-scale", "dynamic")
+    p = run_in_process(
+        capsys, "verify", f.path, "--reference", ref.path, "--policy", "scaled-mm", "--activation-scale", "dynamic"
+    )
     assert p.returncode == 0, p.stderr
     out = p.stdout.splitlines()
     assert "policy scaled-mm" in out[0]
@@ -224,6 +236,7 @@ def test_verify_refuses_broken_file(tmp_path, fx, capsys):
 
 # -- the measured table -------------------------------------------------------------------------------
 
+
 def test_verify_error_table(tmp_path_factory, fx):
     """verify() (in process) for every encoding and preset, plus per-row / transposed variants and
     dynamic activation scales: quantized layers at the fp8 floor, full-precision ones near zero.
@@ -233,17 +246,31 @@ def test_verify_error_table(tmp_path_factory, fx):
     d = tmp_path_factory.mktemp("table")
     ref = fx["ref"]
     files = [(enc, LF.write_checkpoint(d / f"{enc}.safetensors", LF.TINY, enc, seed=SEED)) for enc in LF.ENCODINGS]
-    files += [("ltx-core per-row", LF.write_checkpoint(d / "pr.safetensors", LF.TINY, "ltx-core", seed=SEED, per_row=True)),
-              ("ltx-core transposed", LF.write_checkpoint(d / "tr.safetensors", LF.TINY, "ltx-core", seed=SEED,
-                                                          transposed=True)),
-              ("comfy-legacy per-row [out,1] transposed",
-               LF.write_checkpoint(d / "lg.safetensors", LF.TINY, "comfy-legacy", seed=SEED, per_row=True,
-                                   scale_2d=True, transposed=True))]
-    runs = [("auto", "static"), ("fp8-cast", "static"), ("scaled-mm", "static"), ("scaled-mm", "dynamic"),
-            ("bf16", "static")]
+    files += [
+        ("ltx-core per-row", LF.write_checkpoint(d / "pr.safetensors", LF.TINY, "ltx-core", seed=SEED, per_row=True)),
+        (
+            "ltx-core transposed",
+            LF.write_checkpoint(d / "tr.safetensors", LF.TINY, "ltx-core", seed=SEED, transposed=True),
+        ),
+        (
+            "comfy-legacy per-row [out,1] transposed",
+            LF.write_checkpoint(
+                d / "lg.safetensors", LF.TINY, "comfy-legacy", seed=SEED, per_row=True, scale_2d=True, transposed=True
+            ),
+        ),
+    ]
+    runs = [
+        ("auto", "static"),
+        ("fp8-cast", "static"),
+        ("scaled-mm", "static"),
+        ("scaled-mm", "dynamic"),
+        ("bf16", "static"),
+    ]
     modes = ("bf16", "fp8-cast", "scaled-mm")
-    lines = ["| file | policy | " + " | ".join(f"{m}: n, max w / max out" for m in modes) + " |",
-             "|---|---|" + "---|" * len(modes)]
+    lines = [
+        "| file | policy | " + " | ".join(f"{m}: n, max w / max out" for m in modes) + " |",
+        "|---|---|" + "---|" * len(modes),
+    ]
 
     def cell(rows, in_file):
         if not rows:
@@ -252,8 +279,10 @@ def test_verify_error_table(tmp_path_factory, fx):
         txt = f"{len(rows)}, {w:.4f} / {o:.4f}"
         fp8 = [r for r in rows if r["name"] in in_file]
         if fp8 and len(fp8) != len(rows):
-            txt += (f" (fp8 in file: {max(r['weight_rel_err'] for r in fp8):.4f} / "
-                    f"{max(r['output_rel_err'] for r in fp8):.4f})")
+            txt += (
+                f" (fp8 in file: {max(r['weight_rel_err'] for r in fp8):.4f} / "
+                f"{max(r['output_rel_err'] for r in fp8):.4f})"
+            )
         return txt
 
     for label, f in files:
@@ -262,8 +291,11 @@ def test_verify_error_table(tmp_path_factory, fx):
             rows = res["layers"]
             assert len(rows) == len(f.linear_names())
             pol = policy + (f" ({act} act.)" if policy == "scaled-mm" else "")
-            lines.append(f"| {label} | {pol} | " + " | ".join(cell([r for r in rows if r["mode"] == m], f.quantized)
-                                                             for m in modes) + " |")
+            lines.append(
+                f"| {label} | {pol} | "
+                + " | ".join(cell([r for r in rows if r["mode"] == m], f.quantized) for m in modes)
+                + " |"
+            )
             for r in rows:
                 if r["name"] in f.quantized or r["mode"] != "bf16":
                     assert FLOOR[0] < r["weight_rel_err"] < FLOOR[1], (label, policy, r)
@@ -277,4 +309,5 @@ def test_verify_error_table(tmp_path_factory, fx):
     (art / "quant-verify-errors.md").write_text(
         f"TINY config (2 blocks, block 0 bf16 in the fp8 files), seed {SEED}; reference = the fp32 file of the "
         f"same seed; compute float32, CPU, torch._scaled_mm. Errors are relative Frobenius norms; "
-        f"output on {64} random N(0,1) tokens vs float64 F.linear with the reference weight.\n\n{table}\n")
+        f"output on {64} random N(0,1) tokens vs float64 F.linear with the reference weight.\n\n{table}\n"
+    )

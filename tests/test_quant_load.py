@@ -7,6 +7,7 @@ weight (tools.ltx2_fixture.reference_tensor, as generated) is at the fp8 floor (
 where the layer is quantized (in the file or at load) and < 0.01 (bf16 storage rounding) where it is
 kept full precision. Every key of the file is accounted for.
 """
+
 from __future__ import annotations
 
 import re
@@ -82,10 +83,10 @@ def expected_mode(name: str, stored_fp8: bool, preset: str, out_in) -> str:
     in_block = bool(BLOCK.match(name))
     if preset == "bf16":
         return "bf16"
-    if preset == "auto" or not in_block:          # sensitive layers keep the file's storage
+    if preset == "auto" or not in_block:  # sensitive layers keep the file's storage
         return "fp8-cast" if stored_fp8 else "bf16"
     if preset == "scaled-mm" and (out_in[0] % 16 or out_in[1] % 16):
-        return "fp8-cast"                          # the kernel cannot take it
+        return "fp8-cast"  # the kernel cannot take it
     return preset
 
 
@@ -117,8 +118,8 @@ def check_load(files: Files, fx: LF.Fixture, policy: str, expect=None, **load_kw
             assert lay.scale.dim() == (1 if q.per_row else 0)
             assert q.input_scale is not None and float(lay.input_scale) == q.input_scale
         elif lay.mode != "bf16":
-            assert lay.input_scale is None            # quantized at load: no calibrated activation scale
-            assert plan.layer(name).note                # ... and the report says why it is fp8
+            assert lay.input_scale is None  # quantized at load: no calibrated activation scale
+            assert plan.layer(name).note  # ... and the report says why it is fp8
 
         err = rel_err(lay.effective_weight(torch.float64), files.ref(fx.config, name + ".weight"))
         if stored_fp8 or lay.mode != "bf16":
@@ -160,6 +161,7 @@ def check_load(files: Files, fx: LF.Fixture, policy: str, expect=None, **load_kw
 
 # -- the matrix --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("prefix", PREFIXES, ids=PREFIX_IDS.get)
 @pytest.mark.parametrize("encoding", LF.ENCODINGS)
@@ -168,10 +170,13 @@ def test_every_encoding_prefix_and_preset(files, encoding, prefix, preset):
     plan, layers = check_load(files, fx, preset)
     n_fp8 = sum(1 for lay in layers.values() if lay.mode != "bf16")
     if encoding in LF.FP8_ENCODINGS:
-        assert len(fx.quantized) == 34   # block 1; block 0 is bf16 in the file
+        assert len(fx.quantized) == 34  # block 1; block 0 is bf16 in the file
         assert {lp.src.encoding for lp in plan.layers if lp.name in fx.quantized} == {
-            "ltx-core": {"ltx-core"}, "comfy-native-header": {"comfy-native"},
-            "comfy-native-tensor": {"comfy-native"}, "comfy-legacy": {"comfy-legacy"}}[encoding]
+            "ltx-core": {"ltx-core"},
+            "comfy-native-header": {"comfy-native"},
+            "comfy-native-tensor": {"comfy-native"},
+            "comfy-legacy": {"comfy-legacy"},
+        }[encoding]
     else:
         assert not fx.quantized
     assert n_fp8 == {"auto": len(fx.quantized), "bf16": 0, "fp8-cast": 68, "scaled-mm": 68}[preset]
@@ -216,6 +221,7 @@ def test_legacy_unit_input_scale_means_none(files, tmp_path):
 
 # -- gates, bf16 block sets ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("quantize_gate", [True, False])
 def test_gate_quantized_or_not(files, quantize_gate, preset):
@@ -229,10 +235,10 @@ def test_gate_quantized_or_not(files, quantize_gate, preset):
 
 
 BLOCK_SETS = [
-    (LF.TINY, ()),           # every block quantized
+    (LF.TINY, ()),  # every block quantized
     (LF.TINY, (1,)),
-    (LF.TINY, (0, 1)),       # nothing quantized, fp8 encoding all the same
-    (LF.config(LF.TINY, num_layers=4), (0, 3)),   # as the dev file: first and last blocks bf16
+    (LF.TINY, (0, 1)),  # nothing quantized, fp8 encoding all the same
+    (LF.config(LF.TINY, num_layers=4), (0, 3)),  # as the dev file: first and last blocks bf16
     (LF.config(LF.TINY, num_layers=4), (0, 1, 3)),
 ]
 
@@ -245,7 +251,7 @@ def test_bf16_block_sets(files, cfg, bf16_blocks, preset):
     stored = {int(BLOCK.match(n).group(0).split(".")[1]) for n in fx.quantized}
     assert stored == set(range(n_blocks)) - set(bf16_blocks)
     plan, layers = check_load(files, fx, preset)
-    for name, lay in layers.items():
+    for name, _lay in layers.items():
         if BLOCK.match(name):
             b = int(name.split(".")[1])
             assert plan.layer(name).src.stored_fp8 == (b not in bf16_blocks)
@@ -253,23 +259,26 @@ def test_bf16_block_sets(files, cfg, bf16_blocks, preset):
 
 # -- rules, options --------------------------------------------------------------------------------
 
+
 def test_rules_first_match_wins(files):
     fx = files.get("ltx-core")
-    policy = ("fp8-cast; transformer_blocks.1.attn1.*=bf16; transformer_blocks.1.*=scaled-mm; "
-              "transformer_blocks.*.ff.*=bf16; patchify_proj=fp8-cast; proj_out=auto")
+    policy = (
+        "fp8-cast; transformer_blocks.1.attn1.*=bf16; transformer_blocks.1.*=scaled-mm; "
+        "transformer_blocks.*.ff.*=bf16; patchify_proj=fp8-cast; proj_out=auto"
+    )
 
     def expect(name, stored_fp8, preset, out_in):
         if name.startswith("transformer_blocks.1.attn1."):
             return "bf16"
         if name.startswith("transformer_blocks.1."):
-            return "fp8-cast" if out_in[0] % 16 else "scaled-mm"   # ff of block 1 too: rule 2 first
+            return "fp8-cast" if out_in[0] % 16 else "scaled-mm"  # ff of block 1 too: rule 2 first
         if re.match(r"transformer_blocks\.\d+\.ff\.", name):
             return "bf16"
         if name == "patchify_proj":
-            return "fp8-cast"                                     # a sensitive layer a rule names
+            return "fp8-cast"  # a sensitive layer a rule names
         if BLOCK.match(name):
-            return "fp8-cast"                                     # the preset, quantized at load
-        return "bf16"                                             # sensitive, full precision; proj_out=auto
+            return "fp8-cast"  # the preset, quantized at load
+        return "bf16"  # sensitive, full precision; proj_out=auto
 
     plan, layers = check_load(files, fx, policy, expect=expect)
     assert layers["transformer_blocks.1.ff.net.0.proj"].mode == "scaled-mm"
@@ -280,9 +289,11 @@ def test_rules_first_match_wins(files):
 def test_rule_quantizes_sensitive_layers_only_when_named(files):
     fx = files.get("bf16")
     plan, layers = check_load(
-        files, fx, "scaled-mm; *embeddings_connector.*=fp8-cast",
-        expect=lambda n, s, p, oi: ("fp8-cast" if "embeddings_connector." in n else
-                                    expected_mode(n, s, "scaled-mm", oi)))
+        files,
+        fx,
+        "scaled-mm; *embeddings_connector.*=fp8-cast",
+        expect=lambda n, s, p, oi: "fp8-cast" if "embeddings_connector." in n else expected_mode(n, s, "scaled-mm", oi),
+    )
     assert sum(1 for n in layers if "embeddings_connector." in n) == 14
 
 
@@ -290,8 +301,9 @@ def test_device_without_fp8_gemm_falls_back_with_one_warning(files):
     # CUDA below compute capability 8.9: scaled-mm runs as fp8-cast, with one warning for the load.
     fx = files.get("ltx-core")
     caps = DeviceCaps("cuda:0 (test, sm_86)", fp8_gemm=False, fp8_gemm_fast=False)
-    plan, layers = check_load(files, fx, "scaled-mm", device=caps,
-                              expect=lambda n, s, p, oi: expected_mode(n, s, "fp8-cast", oi))
+    plan, layers = check_load(
+        files, fx, "scaled-mm", device=caps, expect=lambda n, s, p, oi: expected_mode(n, s, "fp8-cast", oi)
+    )
     fell_back = [lp for lp in plan.layers if lp.requested == "scaled-mm"]
     assert len(fell_back) == 68 and all(lp.mode == "fp8-cast" for lp in fell_back)
     device_warnings = [w for w in plan.warnings if "sm_86" in w]

@@ -11,6 +11,7 @@ Bounds used (round to nearest):
 - A compute dtype with unit roundoff u (bf16 2^-8, fp16 2^-11, fp32 2^-24) rounds the weight and
   the output once each: |y - y_ref| <= ~2u (|x| |W|^T + |b|), plus fp32 accumulation.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,9 +34,9 @@ from tools import ltx2_fixture as LF  # noqa: E402
 
 SEED = 7
 CFG = LF.TINY
-U = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
-E4M3_REL = 2.0 ** -4          # relative rounding error bound of e4m3 normals
-E4M3_SUB_ABS = 2.0 ** -10     # absolute rounding error bound of e4m3 subnormals (in units of the scale)
+U = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+E4M3_REL = 2.0**-4  # relative rounding error bound of e4m3 normals
+E4M3_SUB_ABS = 2.0**-10  # absolute rounding error bound of e4m3 subnormals (in units of the scale)
 DTYPES = [torch.bfloat16, torch.float32, torch.float16]
 DT_IDS = ["bf16", "fp32", "fp16"]
 
@@ -43,10 +44,12 @@ DT_IDS = ["bf16", "fp32", "fp16"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # (key, [out, in]) of the TINY model: non-square both ways, square, audio-width.
-LAYERS = ["transformer_blocks.1.ff.net.0.proj",   # [256, 64]
-          "transformer_blocks.1.ff.net.2",        # [64, 256]
-          "transformer_blocks.1.attn1.to_q",      # [64, 64]
-          "transformer_blocks.1.audio_ff.net.0.proj"]  # [128, 32]
+LAYERS = [
+    "transformer_blocks.1.ff.net.0.proj",  # [256, 64]
+    "transformer_blocks.1.ff.net.2",  # [64, 256]
+    "transformer_blocks.1.attn1.to_q",  # [64, 64]
+    "transformer_blocks.1.audio_ff.net.0.proj",
+]  # [128, 32]
 
 
 def ref_weight(layer: str) -> torch.Tensor:
@@ -82,6 +85,7 @@ def make_layer(layer: str, per_row: bool, mode: str, dtype: torch.dtype, input_s
 
 # -- quantize / dequantize round trip ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_round_trip_within_e4m3_bound(layer, per_row):
@@ -101,7 +105,7 @@ def test_round_trip_within_e4m3_bound(layer, per_row):
     err = (deq - w).abs()
     assert bool((err <= bound).all()), f"max err/bound {float((err / bound).max()):.3f}"
     # Normal-range values: relative error <= 2^-4 elementwise.
-    normal = (w.abs() / s) >= 2.0 ** -6
+    normal = (w.abs() / s) >= 2.0**-6
     assert float(normal.double().mean()) > 0.95
     assert float((err[normal] / w.abs()[normal]).max()) <= E4M3_REL * (1 + 1e-6)
     # Gaussian weights: ~0.026 relative Frobenius error (the fp8 floor); never 0 (it did quantize).
@@ -132,7 +136,7 @@ def test_per_row_scales_beat_per_tensor_on_uneven_rows():
 def test_quantize_saturates_instead_of_nan():
     # Values past 448 * scale cast to NaN in e4m3fn without the clamp.
     w = ref_weight(LAYERS[2])
-    scale = w.abs().amax() / 448.0 / 4.0          # 4x too small: most of the range overflows
+    scale = w.abs().amax() / 448.0 / 4.0  # 4x too small: most of the range overflows
     codes, s = quantize(w, scale=scale)
     assert torch.equal(s, scale)
     c = codes.float()
@@ -143,6 +147,7 @@ def test_quantize_saturates_instead_of_nan():
 
 
 # -- fp8-cast --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
@@ -160,8 +165,8 @@ def test_fp8_cast_equals_float64_dequantized_linear(layer, per_row, dtype):
     u, n = U[dtype], q.in_features
     mag = x.double().abs() @ w64.abs().T + bias.double().abs()
     err = (y.double() - y_ref).abs()
-    assert bool((err <= (3 * u + n * 2.0 ** -24) * mag).all()), float((err / mag).max())
-    assert rel_err(y, y_ref) <= 2 * u + n ** 0.5 * 2.0 ** -24
+    assert bool((err <= (3 * u + n * 2.0**-24) * mag).all()), float((err / mag).max())
+    assert rel_err(y, y_ref) <= 2 * u + n**0.5 * 2.0**-24
     # ... and it is an fp8 layer: against the original weight it sits at the fp8 floor.
     y_orig = F.linear(x.double(), ref_weight(layer).double(), bias.double())
     assert 0.005 < rel_err(y, y_orig) < 0.05
@@ -178,12 +183,13 @@ def test_fp8_cast_3d_input():
 
 # -- scaled-mm -------------------------------------------------------------------------------------
 
+
 def _scaled_mm_bound(x64, w64, b64, a: float, dtype) -> torch.Tensor:
     """Elementwise bound: activation rounding (2^-4 relative, 2^-10 * a absolute below the normal
     range) through |W|, plus output rounding and fp32 accumulation."""
     u, n = U[dtype], x64.shape[1]
     act = (E4M3_REL * x64.abs() + E4M3_SUB_ABS * a * 1.01) @ w64.abs().T
-    return act + (2 * u + n * 2.0 ** -24) * ((1 + E4M3_REL) * x64.abs() @ w64.abs().T + b64.abs())
+    return act + (2 * u + n * 2.0**-24) * ((1 + E4M3_REL) * x64.abs() @ w64.abs().T + b64.abs())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -241,12 +247,12 @@ def test_scaled_mm_16bit_activation_scale_is_consistent(per_row, dtype):
     emulation (the same activation codes; unbiased output rounding leaves ~1e-5 there)."""
     layer = LAYERS[1]
     # Scales that round badly in each dtype: bf16 -0.24%, fp16 -0.044% (near half an ulp).
-    input_scale = 0.0123 if dtype == torch.bfloat16 else float(torch.tensor(2.0 ** -6 + 0.45 * 2.0 ** -16))
+    input_scale = 0.0123 if dtype == torch.bfloat16 else float(torch.tensor(2.0**-6 + 0.45 * 2.0**-16))
     q, codes, scale, bias = make_layer(layer, per_row, "scaled-mm", dtype, input_scale)
     x = inputs(q.in_features, dtype, rows=96)
     y = QuantLinear(q, activation="static", backend="torch")(x).double()
     a = torch.tensor(input_scale, dtype=torch.float32).to(dtype)
-    assert abs(float(a) / float(q.input_scale) - 1) > 3e-4          # the rounding this test is about
+    assert abs(float(a) / float(q.input_scale) - 1) > 3e-4  # the rounding this test is about
     xq = (x / a).clamp(-448.0, 448.0).to(FP8)
     y_e = F.linear(xq.double() * float(a), dequant64(codes, scale), bias.double())
     assert rel_err(y, y_e) < 2 * U[dtype]
@@ -301,15 +307,19 @@ def test_fp8_weight_without_scale_is_refused():
 
 # -- layout, tested numerically --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def transposed_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("layout")
-    return {per_row: LF.write_checkpoint(d / f"t{int(per_row)}.safetensors", CFG, "ltx-core", seed=SEED,
-                                         transposed=True, per_row=per_row)
-            for per_row in (False, True)}
+    return {
+        per_row: LF.write_checkpoint(
+            d / f"t{int(per_row)}.safetensors", CFG, "ltx-core", seed=SEED, transposed=True, per_row=per_row
+        )
+        for per_row in (False, True)
+    }
 
 
-SQUARE = "transformer_blocks.1.attn1.to_q"   # 64 x 64
+SQUARE = "transformer_blocks.1.attn1.to_q"  # 64 x 64
 SQUARE_AUDIO = "transformer_blocks.1.audio_attn1.to_v"  # 32 x 32
 
 
@@ -317,7 +327,7 @@ SQUARE_AUDIO = "transformer_blocks.1.audio_attn1.to_v"  # 32 x 32
 def test_square_layer_in_transposed_file_loads_correctly(transposed_files, per_row):
     fx = transposed_files[per_row]
     key = fx.prefix + SQUARE + ".weight"
-    assert fx.keys[key] == ("F8_E4M3", (64, 64))   # the shape cannot tell the layout
+    assert fx.keys[key] == ("F8_E4M3", (64, 64))  # the shape cannot tell the layout
     plan, layers, _ = load(fx.path, "auto")
     assert plan.layout.fp8 == "[in, out]"
     # The layout was decided by a non-square fp8 layer, never by a square one.
@@ -358,6 +368,7 @@ def test_full_precision_layers_of_transposed_file_stay_out_in(transposed_files):
 
 # -- kernel fallback: dims not multiple of 16 -------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def core_file(tmp_path_factory):
     return LF.write_checkpoint(tmp_path_factory.mktemp("core") / "c.safetensors", CFG, "ltx-core", seed=SEED)
@@ -366,11 +377,13 @@ def core_file(tmp_path_factory):
 def test_gate_layers_fall_back_to_fp8_cast_under_scaled_mm(core_file):
     plan, layers, _ = load(core_file.path, "scaled-mm")
     # Block 1 is fp8 in the file, block 0 full precision (quantized at load for scaled-mm).
-    gates = [lp for lp in plan.layers if lp.name.endswith("to_gate_logits") and lp.name.startswith("transformer_blocks.")]
+    gates = [
+        lp for lp in plan.layers if lp.name.endswith("to_gate_logits") and lp.name.startswith("transformer_blocks.")
+    ]
     assert len(gates) == 2 * 6
     for lp in gates:
         out_f, in_f = LF.expected_linear_shapes(CFG)[lp.name]
-        assert out_f == 4 and out_f % 16                 # 4 heads: cuBLAS fp8 cannot take it
+        assert out_f == 4 and out_f % 16  # 4 heads: cuBLAS fp8 cannot take it
         assert lp.requested == "scaled-mm" and lp.mode == "fp8-cast"
         assert "multiple of 16" in lp.note
         lay = layers[lp.name]

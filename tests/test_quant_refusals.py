@@ -3,6 +3,7 @@ the culprit (layer / tensor), before a caller gets a model: the fixture's breaka
 keys, unsupported or inconsistent quantization metadata, bad input scales and shapes; policy
 strings and backends that cannot be honoured raise their own clear errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ from quant.policy import PolicyError  # noqa: E402
 from tools import ltx2_fixture as LF  # noqa: E402
 
 SEED = 5
-K = "transformer_blocks.1.attn1.to_k"   # a quantized layer of the default fp8 fixture (block 0 is bf16)
-HEADER_STAGE = set(LF.BREAKAGES) - {"nan_codes"}   # found from the header and scales alone
+K = "transformer_blocks.1.attn1.to_k"  # a quantized layer of the default fp8 fixture (block 0 is bf16)
+HEADER_STAGE = set(LF.BREAKAGES) - {"nan_codes"}  # found from the header and scales alone
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -77,16 +78,23 @@ for kind in ("nan_scale", "zero_scale", "negative_scale", "scale_shape", "missin
 CASES.append(("negative_scale", "comfy-legacy", "", {"per_row": True, "scale_2d": True}))
 CASES.append(("mixed_layout", "ltx-core", "model.diffusion_model.", {"transposed": True}))
 CASES.append(("mixed_layout", "comfy-native-header", "", {"break_layer": "transformer_blocks.1.audio_ff.net.2"}))
-CASES.append(("nan_scale", "comfy-native-tensor", "", {"break_layer": "transformer_blocks.1.video_to_audio_attn.to_gate_logits"}))
-CASES.append(("missing_scale", "ltx-core", "", {"break_layer": "transformer_blocks.1.ff.net.0.proj", "input_scale": None}))
+CASES.append(
+    ("nan_scale", "comfy-native-tensor", "", {"break_layer": "transformer_blocks.1.video_to_audio_attn.to_gate_logits"})
+)
+CASES.append(
+    ("missing_scale", "ltx-core", "", {"break_layer": "transformer_blocks.1.ff.net.0.proj", "input_scale": None})
+)
 
 
-@pytest.mark.parametrize("kind, encoding, prefix, kw", CASES,
-                         ids=[f"{k}-{e}-{p.split('.')[0] or 'bare'}{'-' + '-'.join(kw) if kw else ''}"
-                              for k, e, p, kw in CASES])
+@pytest.mark.parametrize(
+    "kind, encoding, prefix, kw",
+    CASES,
+    ids=[f"{k}-{e}-{p.split('.')[0] or 'bare'}{'-' + '-'.join(kw) if kw else ''}" for k, e, p, kw in CASES],
+)
 def test_breakage_is_refused_naming_the_culprit(tmp_path, kind, encoding, prefix, kw):
-    fx = LF.write_checkpoint(tmp_path / "broken.safetensors", LF.TINY, encoding, seed=SEED, prefix=prefix,
-                             breakage=kind, **kw)
+    fx = LF.write_checkpoint(
+        tmp_path / "broken.safetensors", LF.TINY, encoding, seed=SEED, prefix=prefix, breakage=kind, **kw
+    )
     b = fx.broken
     assert b is not None and b.kind == kind
     for policy in ("auto", "bf16", "scaled-mm"):
@@ -102,9 +110,9 @@ def test_breakage_is_refused_naming_the_culprit(tmp_path, kind, encoding, prefix
         e = ei.value
         msg = str(e)
         assert e.file == fx.path and fx.path in msg
-        assert b.tensor in msg, (b, msg)                 # the culprit tensor, full key
+        assert b.tensor in msg, (b, msg)  # the culprit tensor, full key
         if b.layer is not None:
-            assert b.layer in msg, (b, msg)              # and the layer
+            assert b.layer in msg, (b, msg)  # and the layer
         assert e.tensor is not None and e.tensor in msg
         if b.layer is not None and kind != "truncate":
             assert e.tensor.startswith(prefix + b.layer + "."), (e.tensor, b)
@@ -115,10 +123,18 @@ def test_refused_file_of_every_fixture_breakage_covers_the_list():
 
 
 def test_scale_breakage_messages_say_what_is_wrong(tmp_path):
-    want = {"missing_scale": "no weight_scale", "nan_scale": "not finite", "inf_scale": "not finite",
-            "zero_scale": "must be > 0", "negative_scale": "must be > 0", "scale_shape": "shape [65]",
-            "mixed_layout": "one layout", "nan_codes": "NaN", "truncate": "truncated",
-            "unexpected_key": "unexpected"}
+    want = {
+        "missing_scale": "no weight_scale",
+        "nan_scale": "not finite",
+        "inf_scale": "not finite",
+        "zero_scale": "must be > 0",
+        "negative_scale": "must be > 0",
+        "scale_shape": "shape [65]",
+        "mixed_layout": "one layout",
+        "nan_codes": "NaN",
+        "truncate": "truncated",
+        "unexpected_key": "unexpected",
+    }
     assert set(want) == set(LF.BREAKAGES)
     for kind, text in want.items():
         fx = LF.write_checkpoint(tmp_path / f"{kind}.safetensors", LF.TINY, "ltx-core", seed=SEED, breakage=kind)
@@ -128,31 +144,36 @@ def test_scale_breakage_messages_say_what_is_wrong(tmp_path):
 
 # -- unexpected keys --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("encoding", ["ltx-core", "bf16"])
 @pytest.mark.parametrize("prefix", ["model.diffusion_model.", ""])
 def test_unexpected_key_can_be_allowed(tmp_path, encoding, prefix):
-    fx = LF.write_checkpoint(tmp_path / "u.safetensors", LF.TINY, encoding, seed=SEED, prefix=prefix,
-                             breakage="unexpected_key")
+    fx = LF.write_checkpoint(
+        tmp_path / "u.safetensors", LF.TINY, encoding, seed=SEED, prefix=prefix, breakage="unexpected_key"
+    )
     key = fx.broken.tensor
     with pytest.raises(CheckpointError, match="allow_unexpected"):
         plan_checkpoint(fx.path)
     plan, layers, tensors = load(fx.path, "auto", allow_unexpected=True)
     assert plan.contents.unexpected == [key]
     assert any(key in w for w in plan.warnings), plan.warnings
-    bare = key[len(prefix):]
+    bare = key[len(prefix) :]
     assert bare.rsplit(".", 1)[0] not in layers and bare not in tensors
     assert len(layers) == len(fx.linear_names())
 
 
-@pytest.mark.parametrize("key, value", [
-    ("transformer_blocks.1.attn1.to_zz.weight_scale", torch.tensor(0.01)),     # a scale no layer claims
-    ("transformer_blocks.1.attn1.to_zz.input_scale", torch.tensor(0.01)),
-    ("transformer_blocks.1.extra_norm.weight", torch.ones(64, dtype=torch.bfloat16)),
-    ("transformer_blocks.1.ff.net.1.weight", torch.ones(64, 64, dtype=torch.bfloat16)),  # an extra linear
-    ("transformer_blocks.1.attn1.to_k.bias_extra", torch.ones(64, dtype=torch.bfloat16)),
-    ("proj_in.weight", torch.ones(64, 128, dtype=torch.bfloat16)),
-    ("transformer_blocks.7.attn1.to_q.bias", torch.ones(64, dtype=torch.bfloat16)),  # a bias without weight
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("transformer_blocks.1.attn1.to_zz.weight_scale", torch.tensor(0.01)),  # a scale no layer claims
+        ("transformer_blocks.1.attn1.to_zz.input_scale", torch.tensor(0.01)),
+        ("transformer_blocks.1.extra_norm.weight", torch.ones(64, dtype=torch.bfloat16)),
+        ("transformer_blocks.1.ff.net.1.weight", torch.ones(64, 64, dtype=torch.bfloat16)),  # an extra linear
+        ("transformer_blocks.1.attn1.to_k.bias_extra", torch.ones(64, dtype=torch.bfloat16)),
+        ("proj_in.weight", torch.ones(64, 128, dtype=torch.bfloat16)),
+        ("transformer_blocks.7.attn1.to_q.bias", torch.ones(64, dtype=torch.bfloat16)),  # a bias without weight
+    ],
+)
 def test_keys_the_model_does_not_have_are_refused(base, tmp_path, key, value):
     fx = base["ltx-core"]
     full = fx.prefix + key
@@ -167,12 +188,13 @@ def test_keys_the_model_does_not_have_are_refused(base, tmp_path, key, value):
 def test_unknown_key_outside_the_transformer_is_only_reported(base, tmp_path):
     fx = base["ltx-core"]
     path = rewrite(fx.path, tmp_path / "x.safetensors", add={"text_encoder.extra": torch.ones(3)})
-    plan = plan_checkpoint(path)          # a bundle may carry other models: not refused
+    plan = plan_checkpoint(path)  # a bundle may carry other models: not refused
     assert plan.contents.unexpected == ["text_encoder.extra"]
     assert any("text_encoder.extra" in w for w in plan.warnings)
 
 
 # -- quantization metadata -----------------------------------------------------------------------
+
 
 def test_header_metadata_with_unsupported_format(base, tmp_path):
     fx = base["comfy-native-header"]
@@ -198,7 +220,9 @@ def test_comfy_quant_tensor_with_unsupported_format(base, tmp_path):
 def test_comfy_quant_tensor_that_is_not_json(base, tmp_path):
     fx = base["comfy-native-tensor"]
     key = fx.prefix + K + ".comfy_quant"
-    path = rewrite(fx.path, tmp_path / "x.safetensors", replace={key: torch.tensor([0xFF, 0x00, 0x7B], dtype=torch.uint8)})
+    path = rewrite(
+        fx.path, tmp_path / "x.safetensors", replace={key: torch.tensor([0xFF, 0x00, 0x7B], dtype=torch.uint8)}
+    )
     with pytest.raises(CheckpointError) as ei:
         plan_checkpoint(path)
     assert key in str(ei.value)
@@ -207,7 +231,7 @@ def test_comfy_quant_tensor_that_is_not_json(base, tmp_path):
 def test_metadata_naming_a_full_precision_weight(base, tmp_path):
     fx = base["comfy-native-header"]
     meta = json.loads(fx.metadata["_quantization_metadata"])
-    b0 = "transformer_blocks.0.attn1.to_q"      # bf16 in the file
+    b0 = "transformer_blocks.0.attn1.to_q"  # bf16 in the file
     meta["layers"][fx.prefix + b0] = {"format": "float8_e4m3fn"}
     path = rewrite(fx.path, tmp_path / "x.safetensors", metadata={"_quantization_metadata": json.dumps(meta)})
     with pytest.raises(CheckpointError) as ei:
@@ -217,8 +241,9 @@ def test_metadata_naming_a_full_precision_weight(base, tmp_path):
 
 def test_metadata_without_layers(base, tmp_path):
     fx = base["comfy-native-header"]
-    path = rewrite(fx.path, tmp_path / "x.safetensors",
-                   metadata={"_quantization_metadata": json.dumps({"format_version": "1.0"})})
+    path = rewrite(
+        fx.path, tmp_path / "x.safetensors", metadata={"_quantization_metadata": json.dumps({"format_version": "1.0"})}
+    )
     with pytest.raises(CheckpointError, match="layers") as ei:
         plan_checkpoint(path)
     assert path in str(ei.value)
@@ -236,6 +261,7 @@ def test_full_precision_weight_with_a_scale_beside_it(base, tmp_path, encoding):
 
 
 # -- scales, dtypes and shapes -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -0.01], ids=["nan", "inf", "zero", "negative"])
 def test_bad_input_scale(base, tmp_path, value):
@@ -268,7 +294,7 @@ def test_weight_of_unsupported_dtype(base, tmp_path):
 @pytest.mark.parametrize("encoding", ["ltx-core", "bf16"])
 def test_weight_of_the_wrong_shape(base, tmp_path, encoding):
     fx = base[encoding]
-    layer = "transformer_blocks.1.ff.net.0.proj"    # [256, 64]
+    layer = "transformer_blocks.1.ff.net.0.proj"  # [256, 64]
     key = fx.prefix + layer + ".weight"
     t = torch.full((250, 64), 0.01, dtype=torch.bfloat16)
     if encoding == "ltx-core":
@@ -289,12 +315,16 @@ def test_weight_of_the_wrong_shape(base, tmp_path, encoding):
 
 # -- policies and backends ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy, needle", [
-    ("fp8", "fp8"),
-    ("auto; transformer_blocks.*=int4", "transformer_blocks.*=int4"),
-    ("auto; transformer_blocks.*", "transformer_blocks.*"),
-    ("bf16;  = fp8-cast", "= fp8-cast"),
-])
+
+@pytest.mark.parametrize(
+    "policy, needle",
+    [
+        ("fp8", "fp8"),
+        ("auto; transformer_blocks.*=int4", "transformer_blocks.*=int4"),
+        ("auto; transformer_blocks.*", "transformer_blocks.*"),
+        ("bf16;  = fp8-cast", "= fp8-cast"),
+    ],
+)
 def test_bad_policy_is_refused_before_reading(base, policy, needle):
     with pytest.raises(PolicyError) as ei:
         plan_checkpoint(base["ltx-core"].path, policy)

@@ -1,6 +1,7 @@
 """quant/safetensors_header.py: valid files parse like safetensors' own loader; every malformed
 file is refused with a CheckpointError that names the file and the tensor; random and mutated
 files never raise anything else."""
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,7 @@ def assert_index_sound(index: HeaderIndex, raw: bytes) -> None:
         assert info.end - info.begin == info.nbytes == info.numel * DTYPES[info.dtype][1]
         spans.append((info.begin, info.end))
     spans.sort()
-    for (b0, e0), (b1, e1) in zip(spans, spans[1:]):
+    for (_b0, e0), (b1, _e1) in zip(spans, spans[1:], strict=False):
         assert e0 <= b1, (spans, "overlap")
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in index.metadata.items())
 
@@ -331,7 +332,11 @@ BAD_ENTRIES = [
     ("negative_begin", entry(offsets=(-12, 0)), "expected 0 <= begin <= end"),
     ("wrong_byte_count", entry(offsets=(0, 10)), "data_offsets [0, 10] hold 10 bytes but F32[3] needs 12"),
     ("huge_shape", entry(shape=[2**62, 2**62, 2**62], offsets=(0, 12)), "spans more than 2**63 - 1"),
-    ("shape_bigger_than_file", entry(shape=[2**31, 2**31], offsets=(0, 12)), "F32[2147483648, 2147483648] needs 18446744073709551616"),
+    (
+        "shape_bigger_than_file",
+        entry(shape=[2**31, 2**31], offsets=(0, 12)),
+        "F32[2147483648, 2147483648] needs 18446744073709551616",
+    ),
     ("past_end", entry(offsets=(12, 24)), "data_offsets [12, 24] end at byte"),
     ("huge_offsets", entry(shape=[0], offsets=(2**200, 2**200)), "a 201-bit integer"),
 ]
@@ -469,8 +474,17 @@ def test_missing_file_and_directory(tmp_path):
 KNOWN = list(DTYPES)
 tensor_names = st.text(min_size=1, max_size=12) | st.sampled_from(["a", "b", "é", "层", "blocks.0.w"])
 FLAWS = [
-    "gap", "off_by_one", "random_offsets", "overlap", "odd_dim", "unknown_dtype", "wrong_type",
-    "special_name", "bad_metadata", "length_field", "truncate",
+    "gap",
+    "off_by_one",
+    "random_offsets",
+    "overlap",
+    "odd_dim",
+    "unknown_dtype",
+    "wrong_type",
+    "special_name",
+    "bad_metadata",
+    "length_field",
+    "truncate",
 ]
 
 
@@ -612,7 +626,13 @@ def mutations(draw):
         elif kind == "set":
             ops.append((kind, pos, draw(st.sampled_from(b'{}[]",: 0189\\-eE\xff\x00'))))
         elif kind == "insert":
-            ops.append((kind, pos, draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b'"', b",", b"{", b"]", b"-1", b"1e9"]))))
+            ops.append(
+                (
+                    kind,
+                    pos,
+                    draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b'"', b",", b"{", b"]", b"-1", b"1e9"])),
+                )
+            )
         elif kind == "delete":
             ops.append((kind, pos, draw(st.integers(1, 8))))
         elif kind == "length":

@@ -9,20 +9,29 @@ several times over within the run. Memory is the host's RSS (psutil on its pid),
 prompt 5 and after prompt 50, both right after a refused broken file (so the host's output cache
 holds the same thing at both points).
 """
+
 from __future__ import annotations
 
 import copy
 import time
 
+import reliability as rl
 import torch
 
-import reliability as rl
-
-SOAK = rl.config(rl.TINY, num_attention_heads=8, attention_head_dim=32, audio_num_attention_heads=4,
-                 audio_attention_head_dim=16, cross_attention_dim=256, audio_cross_attention_dim=64,
-                 connector_num_attention_heads=8, connector_attention_head_dim=32,
-                 audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=16,
-                 caption_channels=128)
+SOAK = rl.config(
+    rl.TINY,
+    num_attention_heads=8,
+    attention_head_dim=32,
+    audio_num_attention_heads=4,
+    audio_attention_head_dim=16,
+    cross_attention_dim=256,
+    audio_cross_attention_dim=64,
+    connector_num_attention_heads=8,
+    connector_attention_head_dim=32,
+    audio_connector_num_attention_heads=4,
+    audio_connector_attention_head_dim=16,
+    caption_channels=128,
+)
 PROMPTS = 50
 RSS_MARGIN = 48 * 2**20
 GOOD = {  # name -> (encoding, fixture options)
@@ -35,12 +44,20 @@ GOOD = {  # name -> (encoding, fixture options)
 BAD = {
     "soak_bad_missing_scale.safetensors": ("ltx-core", {"breakage": "missing_scale"}),
     "soak_bad_truncated.safetensors": ("comfy-native-tensor", {"breakage": "truncate"}),
-    "soak_bad_nan_codes.safetensors": ("ltx-core", {"breakage": "nan_codes",
-                                                    "break_layer": "transformer_blocks.1.video_to_audio_attn.to_v"}),
+    "soak_bad_nan_codes.safetensors": (
+        "ltx-core",
+        {"breakage": "nan_codes", "break_layer": "transformer_blocks.1.video_to_audio_attn.to_v"},
+    ),
     "soak_bad_unexpected.safetensors": ("bf16", {"breakage": "unexpected_key"}),
 }
-POLICIES = [("auto", ""), ("fp8-cast", ""), ("scaled-mm", ""), ("bf16", ""),
-            ("fp8-cast", "transformer_blocks.1.ff.* = bf16"), ("scaled-mm", "*.attn1.* = fp8-cast")]
+POLICIES = [
+    ("auto", ""),
+    ("fp8-cast", ""),
+    ("scaled-mm", ""),
+    ("bf16", ""),
+    ("fp8-cast", "transformer_blocks.1.ff.* = bf16"),
+    ("scaled-mm", "*.attn1.* = fp8-cast"),
+]
 
 
 def _write_files(host):
@@ -59,12 +76,14 @@ def _prompt(i: int) -> tuple[str, dict]:
     name = goods[i % len(goods)]
     policy, rules = POLICIES[i % len(POLICIES)]
     if i % 3 == 0:  # Apply Quant Policy switches on the loaded model, all reported
-        p = {"1": rl.loader(name, policy, rules),
-             "4": rl.apply_policy(["1", 0], "bf16"),
-             "5": rl.apply_policy(["4", 0], "scaled-mm"),
-             "6": rl.apply_policy(["1", 0], "fp8-cast", "transformer_blocks.0.* = bf16"),
-             "2": rl.vram_report(["1", 0], ["4", 0], ["5", 0], ["6", 0]),
-             "3": rl.preview(["1", 1])}
+        p = {
+            "1": rl.loader(name, policy, rules),
+            "4": rl.apply_policy(["1", 0], "bf16"),
+            "5": rl.apply_policy(["4", 0], "scaled-mm"),
+            "6": rl.apply_policy(["1", 0], "fp8-cast", "transformer_blocks.0.* = bf16"),
+            "2": rl.vram_report(["1", 0], ["4", 0], ["5", 0], ["6", 0]),
+            "3": rl.preview(["1", 1]),
+        }
         return f"switch:{name}:{policy}", p
     return f"load:{name}:{policy}", rl.load_prompt(name, policy, rules)
 
@@ -96,10 +115,13 @@ def test_fifty_prompts_in_a_row_without_a_leak(host, figures):
     assert host.alive()
     (n0, rss0), (n1, rss1) = samples
     grew = rss1 - rss0
-    figures("soak", f"{PROMPTS} prompts in {seconds:.0f} s ({kinds['ok']} succeeded: loads in 5 encodings x "
-                    f"6 policies, {len(range(0, PROMPTS, 3))} with 3 Apply Quant Policy switches + VRAM Report; "
-                    f"{kinds['refused']} broken files refused); host RSS after prompt {n0} {rl.mib(rss0)}, after "
-                    f"prompt {n1} {rl.mib(rss1)} ({grew / 2**20:+.1f} MiB, margin {RSS_MARGIN / 2**20:.0f} MiB)")
+    figures(
+        "soak",
+        f"{PROMPTS} prompts in {seconds:.0f} s ({kinds['ok']} succeeded: loads in 5 encodings x "
+        f"6 policies, {len(range(0, PROMPTS, 3))} with 3 Apply Quant Policy switches + VRAM Report; "
+        f"{kinds['refused']} broken files refused); host RSS after prompt {n0} {rl.mib(rss0)}, after "
+        f"prompt {n1} {rl.mib(rss1)} ({grew / 2**20:+.1f} MiB, margin {RSS_MARGIN / 2**20:.0f} MiB)",
+    )
     assert grew <= RSS_MARGIN, f"host RSS grew {grew / 2**20:.1f} MiB from prompt {n0} to prompt {n1}"
 
 
@@ -133,7 +155,7 @@ def test_two_graphs_load_the_same_file_in_different_modes_in_one_prompt(host, fi
     prompt["r"] = rl.vram_report(["s1", 0], ["c1", 0], ["b1", 0])
     entry = host.run_prompt(prompt)
     models = rl.vram(entry, "r")["models"]
-    by_policy = dict(zip(graphs.values(), models))
+    by_policy = dict(zip(graphs.values(), models, strict=False))
     s, c, b = by_policy["scaled-mm"], by_policy["fp8-cast"], by_policy["bf16"]
     # Each model's layers run as asked: the file's fp8 layers in the mode of its own loader.
     assert s["layers_by_mode"].get("scaled-mm") == fp8_layers - fallback > 0, s
@@ -150,8 +172,16 @@ def test_two_graphs_load_the_same_file_in_different_modes_in_one_prompt(host, fi
     # Each graph sampled with its own model: exactly what the same graph gives alone.
     together = {}
     for prefix, policy in graphs.items():
-        paths = rl.latents(host, {"outputs": {k[len(prefix):]: v for k, v in entry["outputs"].items()
-                                              if k.startswith(prefix) and k[len(prefix):] in ("41", "42")}})
+        paths = rl.latents(
+            host,
+            {
+                "outputs": {
+                    k[len(prefix) :]: v
+                    for k, v in entry["outputs"].items()
+                    if k.startswith(prefix) and k[len(prefix) :] in ("41", "42")
+                }
+            },
+        )
         together[policy] = paths["video"]
     for prefix, policy in graphs.items():
         alone = rl.sample_prompt(name, policy, tag=f"two_graphs_alone_{prefix}")
@@ -162,8 +192,12 @@ def test_two_graphs_load_the_same_file_in_different_modes_in_one_prompt(host, fi
     ref = together["bf16"]
     rel = {p: float((together[p] - ref).norm() / ref.norm()) for p in ("scaled-mm", "fp8-cast")}
     assert 0 < rel["fp8-cast"] < 0.1 and 0 < rel["scaled-mm"] < 0.15, rel
-    figures("soak", f"one prompt, one file loaded as scaled-mm, fp8-cast and bf16: {fp8_layers} block layers in "
-                    f"each model's own mode ({fallback} scaled-mm -> fp8-cast by kernel dims), fp8 bytes {fp8_bytes} under both fp8 modes, bf16 model "
-                    f"+{(b['weight_bytes_by_mode']['bf16'] - c['weight_bytes_by_mode']['bf16'])} bytes; each graph's "
-                    f"latents equal the same graph run alone bit for bit; vs bf16: "
-                    + ", ".join(f"{p} {v:.2g}" for p, v in rel.items()))
+    figures(
+        "soak",
+        f"one prompt, one file loaded as scaled-mm, fp8-cast and bf16: {fp8_layers} block layers in "
+        f"each model's own mode ({fallback} scaled-mm -> fp8-cast by kernel dims), fp8 bytes {fp8_bytes} "
+        f"under both fp8 modes, bf16 model "
+        f"+{(b['weight_bytes_by_mode']['bf16'] - c['weight_bytes_by_mode']['bf16'])} bytes; each graph's "
+        f"latents equal the same graph run alone bit for bit; vs bf16: "
+        + ", ".join(f"{p} {v:.2g}" for p, v in rel.items()),
+    )

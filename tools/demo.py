@@ -21,6 +21,7 @@ A stamp file records what was generated; a second run reuses the files.
 
 The helpers here (assets, workflows, latents, agreement) are shared with tests/test_e2e_workflows.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,18 @@ DEMO_SEED = 0
 LORA_SEED = 1
 LORA_RANK = 4
 LORA_ALPHA = 24.0  # delta = alpha / rank * B @ A: strong enough to stand well above the fp8 floor
-LORA_SUFFIXES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2",
-                 "audio_attn1.to_q", "audio_attn1.to_v", "audio_ff.net.0.proj", "audio_ff.net.2")
+LORA_SUFFIXES = (
+    "attn1.to_q",
+    "attn1.to_k",
+    "attn1.to_v",
+    "attn1.to_out.0",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "audio_attn1.to_q",
+    "audio_attn1.to_v",
+    "audio_ff.net.0.proj",
+    "audio_ff.net.2",
+)
 # Bump when what ensure_assets writes changes: the stamp then no longer matches and files are redone.
 ASSET_VERSION = 1
 STAMP = ".ltx23_demo.json"
@@ -67,14 +78,23 @@ def node_packs() -> list[tuple[str, Path]]:
 # ----------------------------------------------------------------------------------------------
 # Model files
 
+
 def lora_layers(num_layers: int = 2) -> list[str]:
     return [f"transformer_blocks.{b}.{s}" for b in range(num_layers) for s in LORA_SUFFIXES]
 
 
 def _asset_spec() -> dict:
     from tools.ltx2_fixture import TINY
-    return {"version": ASSET_VERSION, "config": TINY, "seed": DEMO_SEED, "lora_seed": LORA_SEED,
-            "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "lora_layers": lora_layers()}
+
+    return {
+        "version": ASSET_VERSION,
+        "config": TINY,
+        "seed": DEMO_SEED,
+        "lora_seed": LORA_SEED,
+        "lora_rank": LORA_RANK,
+        "lora_alpha": LORA_ALPHA,
+        "lora_layers": lora_layers(),
+    }
 
 
 def ensure_assets(models_dir: str | os.PathLike, force: bool = False, log=print) -> dict[str, Path]:
@@ -93,7 +113,8 @@ def ensure_assets(models_dir: str | os.PathLike, force: bool = False, log=print)
         try:
             old = json.loads(stamp.read_text())
             if old.get("spec") == json.loads(json.dumps(spec)) and all(
-                    p.is_file() and p.stat().st_size == old["sizes"][k] for k, p in paths.items()):
+                p.is_file() and p.stat().st_size == old["sizes"][k] for k, p in paths.items()
+            ):
                 return paths
         except (ValueError, KeyError, TypeError):
             pass
@@ -105,8 +126,7 @@ def ensure_assets(models_dir: str | os.PathLike, force: bool = False, log=print)
     for k, p in paths.items():
         os.chmod(tmp[k], 0o644)
         os.replace(tmp[k], p)
-    stamp.write_text(json.dumps({"spec": spec, "sizes": {k: p.stat().st_size for k, p in paths.items()}},
-                                indent=1))
+    stamp.write_text(json.dumps({"spec": spec, "sizes": {k: p.stat().st_size for k, p in paths.items()}}, indent=1))
     return paths
 
 
@@ -138,6 +158,7 @@ def fp8_file_bytes(path: str | os.PathLike) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------------------------
 # Workflows
+
 
 def load_api_workflow(name: str) -> dict:
     """An API-format example workflow (example_workflows/api/NAME.json), as a fresh dict."""
@@ -191,6 +212,7 @@ def saved_latent_paths(output_dir: str | os.PathLike, entry: dict) -> dict[str, 
 
 def read_latent(path: str | os.PathLike):
     from safetensors.torch import load_file
+
     return load_file(str(path))["latent_tensor"].float()
 
 
@@ -233,8 +255,8 @@ def lora_reference_prompt(mix: dict) -> dict:
     p["5"]["_meta"]["title"] = "the same LoRA on the bf16 model"
     for nid in nodes_of(p, "ModelSamplingLTXV"):
         p[nid]["inputs"]["latent"] = ["14", 0]  # only the size is read: no chaining needed here
-    p["22"]["inputs"]["model"] = ["2", 0]      # fp8-cast, no LoRA
-    p["24"]["inputs"]["model"] = ["5", 0]      # bf16 + LoRA
+    p["22"]["inputs"]["model"] = ["2", 0]  # fp8-cast, no LoRA
+    p["24"]["inputs"]["model"] = ["5", 0]  # bf16 + LoRA
     saves = []
     for base, tag in (("43", "ref_fp8_cast"), ("46", "ref_bf16_lora")):
         p[base]["inputs"]["av_latent"] = ["23" if tag == "ref_fp8_cast" else "25", 0]
@@ -248,14 +270,17 @@ def lora_reference_prompt(mix: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The demo run
 
-def run_examples(host: "hostlib.Host", log=print) -> dict:
+
+def run_examples(host: hostlib.Host, log=print) -> dict:
     """Queue both example workflows and the LoRA references; returns latents, reports, timings."""
     out_dir = host.base_dir / "output"
     res = {"latents": {}, "reports": {}, "seconds": {}, "entries": {}}
     mix = load_api_workflow("ltx_fp8_mix")
-    for name, prompt in (("ltx_fp8_single", load_api_workflow("ltx_fp8_single")),
-                         ("ltx_fp8_mix", mix),
-                         ("lora_reference", lora_reference_prompt(mix))):
+    for name, prompt in (
+        ("ltx_fp8_single", load_api_workflow("ltx_fp8_single")),
+        ("ltx_fp8_mix", mix),
+        ("lora_reference", lora_reference_prompt(mix)),
+    ):
         t0 = time.monotonic()
         entry = host.run_prompt(prompt, timeout=600)
         res["seconds"][name] = time.monotonic() - t0
@@ -280,8 +305,10 @@ def agreement_rows(latents: dict, single_mode: str) -> list[tuple[str, str, dict
 
 
 def format_table(rows) -> str:
-    lines = ["per-mode agreement of the sampled latents (relative error ||x - ref|| / ||ref||)",
-             f"  {'mode':<22} {'reference':<13} {'video':>10} {'audio':>10}"]
+    lines = [
+        "per-mode agreement of the sampled latents (relative error ||x - ref|| / ||ref||)",
+        f"  {'mode':<22} {'reference':<13} {'video':>10} {'audio':>10}",
+    ]
     for mode, ref, e in rows:
         lines.append(f"  {mode:<22} {ref:<13} {e['video']:>10.2e} {e['audio']:>10.2e}")
     lines.append("  (the last row is the LoRA's own effect, for scale)")
@@ -306,20 +333,25 @@ def print_results(res: dict) -> None:
 def _report_text(rep: dict) -> str:
     def mib(n):
         return f"{n / 2**20:.2f} MiB"
+
     lines = []
     for m in rep["models"]:
         modes = ", ".join(f"{k} {mib(v)}" for k, v in sorted(m["weight_bytes_by_mode"].items()))
         layers = ", ".join(f"{k} {v}" for k, v in sorted(m["layers_by_mode"].items()))
-        lines.append(f"{m['input']}: {m['label']}\n  weights {mib(m['total_bytes'])}: {modes}\n"
-                     f"  layers: {layers}; resident {mib(m['resident_bytes'])}, offloaded {mib(m['offloaded_bytes'])}")
+        lines.append(
+            f"{m['input']}: {m['label']}\n  weights {mib(m['total_bytes'])}: {modes}\n"
+            f"  layers: {layers}; resident {mib(m['resident_bytes'])}, offloaded {mib(m['offloaded_bytes'])}"
+        )
     d = rep["device"]
     line = f"device {d['device']}: total {mib(d['total_bytes'])}, free {mib(d['free_bytes'])}"
     if "process_rss_bytes" in d:
         line += f", process RSS {mib(d['process_rss_bytes'])}"
     if "cuda" in d:
         c = d["cuda"]
-        line += (f", allocated {mib(c['allocated_bytes'])}, reserved {mib(c['reserved_bytes'])}, "
-                 f"peak {mib(c['peak_allocated_since_last_report_bytes'])}")
+        line += (
+            f", allocated {mib(c['allocated_bytes'])}, reserved {mib(c['reserved_bytes'])}, "
+            f"peak {mib(c['peak_allocated_since_last_report_bytes'])}"
+        )
     lines.append(line)
     return "\n".join(lines)
 
@@ -333,8 +365,7 @@ def main() -> int:
     extra = shlex.split(os.environ.get("HOST_ARGS", ""))
     ensure_assets(base / "models")
     log_path = base / "demo-host.log"
-    host = hostlib.Host(base_dir=base, port=port, extra_custom_nodes=node_packs(), extra_args=extra,
-                        log_path=log_path)
+    host = hostlib.Host(base_dir=base, port=port, extra_custom_nodes=node_packs(), extra_args=extra, log_path=log_path)
     print(f"[demo] starting ComfyUI with comfyui-ltx-fp8 on 127.0.0.1:{port} (log: {log_path})", flush=True)
     # Ctrl-C (even where a shell started us with SIGINT ignored) and SIGTERM stop the host too.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -355,8 +386,11 @@ def main() -> int:
         if exit_after:
             print("[demo] DEMO_EXIT set: stopping the host", flush=True)
             return 0
-        print(f"\n[demo] ComfyUI is serving on {host.url} : open it in a browser; the example workflows are "
-              f"under Workflow > Browse Templates > comfyui-ltx-fp8. Ctrl-C stops it.", flush=True)
+        print(
+            f"\n[demo] ComfyUI is serving on {host.url} : open it in a browser; the example workflows are "
+            f"under Workflow > Browse Templates > comfyui-ltx-fp8. Ctrl-C stops it.",
+            flush=True,
+        )
         while host.alive():
             time.sleep(0.5)
         print(f"[demo] the host exited\n{host.log_tail()}", file=sys.stderr)

@@ -8,6 +8,7 @@ model_management asks CUDA for a device), and imports `comfy` with the LTX model
 `import_pack(name)` registers the repo root as package `name` (bridge/ needs a parent package for
 its relative imports) without running its __init__ (which registers nodes with the host).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST_DIR = os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(REPO, ".host", "ComfyUI")))
 HOST_AVAILABLE = os.path.isfile(os.path.join(HOST_DIR, "comfy", "model_detection.py"))
 HOST_SKIP_REASON = f"ComfyUI host not installed at {HOST_DIR} (run tools/bootstrap.sh, or set COMFYUI_DIR)"
-PACK_SUBMODULES = ("quant", "quant.loader", "quant.policy", "quant.device", "bridge", "bridge.host_model",
-                   "bridge.apply_policy", "bridge.vram", "bridge.model_view", "bridge.errors")
+PACK_SUBMODULES = (
+    "quant",
+    "quant.loader",
+    "quant.policy",
+    "quant.device",
+    "bridge",
+    "bridge.host_model",
+    "bridge.apply_policy",
+    "bridge.vram",
+    "bridge.model_view",
+    "bridge.errors",
+)
 
 
 def import_host() -> types.ModuleType:
@@ -34,14 +45,15 @@ def import_host() -> types.ModuleType:
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from tools.host_launcher import prepare_torchvision
+
     prepare_torchvision()
     if HOST_DIR not in sys.path:
         sys.path.insert(0, HOST_DIR)
     saved_argv = sys.argv
     sys.argv = [sys.argv[0] if sys.argv else "python"]  # comfy.cli_args parses at import
     try:
-        import torch
         import comfy.options
+        import torch
 
         comfy.options.enable_args_parsing(False)
         import comfy.cli_args

@@ -20,6 +20,7 @@ Device: LTXFP8_HOST_DEVICE=auto (default) adds `--cpu` unless torch is a CUDA/RO
 NVIDIA/AMD device node exists (ComfyUI does not fall back to the CPU by itself); `cpu` always adds
 it, `gpu` never does. Decided without importing torch (ComfyUI must set its environment first).
 """
+
 from __future__ import annotations
 
 import importlib.util

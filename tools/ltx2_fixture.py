@@ -90,6 +90,7 @@ CLI
 [--connector-layers N] [--seed S] [--prefix P] [--bf16-blocks 0,47] [--no-gate] [--no-passengers]
 [--per-row] [--scale-2d] [--transposed] [--no-input-scale] [--breakage KIND]`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,8 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -247,15 +248,18 @@ def expected_state_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     out["audio_scale_shift_table"] = (2, a_dim)
     out["audio_embeddings_connector.learnable_registers"] = (
         HOST_NUM_LEARNABLE_REGISTERS,
-        r["audio_connector_num_attention_heads"] * r["audio_connector_attention_head_dim"])
+        r["audio_connector_num_attention_heads"] * r["audio_connector_attention_head_dim"],
+    )
     out["video_embeddings_connector.learnable_registers"] = (
         HOST_NUM_LEARNABLE_REGISTERS,
-        r["connector_num_attention_heads"] * r["connector_attention_head_dim"])
+        r["connector_num_attention_heads"] * r["connector_attention_head_dim"],
+    )
     return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Deterministic reference tensors
+
 
 def _seed_of(seed: int, key: str) -> int:
     h = hashlib.blake2b(f"{int(seed)}:{key}".encode(), digest_size=8).digest()
@@ -285,8 +289,9 @@ def _generate(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=g) * 0.02
 
 
-def reference_tensor(cfg: dict, key: str, seed: int, dtype: torch.dtype = torch.bfloat16,
-                     _shapes: dict | None = None) -> torch.Tensor:
+def reference_tensor(
+    cfg: dict, key: str, seed: int, dtype: torch.dtype = torch.bfloat16, _shapes: dict | None = None
+) -> torch.Tensor:
     """The deterministic full-precision tensor `key` (no prefix) of the model for `cfg`."""
     shapes = _shapes if _shapes is not None else expected_state_shapes(cfg)
     if key not in shapes:
@@ -306,17 +311,35 @@ def make_reference_state_dict(cfg: dict, seed: int, dtype: torch.dtype = torch.b
 ENCODINGS = ("ltx-core", "comfy-native-header", "comfy-native-tensor", "comfy-legacy", "bf16", "fp16", "fp32")
 FP8_ENCODINGS = ENCODINGS[:4]
 FULL_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-BREAKAGES = ("missing_scale", "nan_scale", "inf_scale", "zero_scale", "negative_scale", "scale_shape",
-             "mixed_layout", "truncate", "unexpected_key", "nan_codes")
+BREAKAGES = (
+    "missing_scale",
+    "nan_scale",
+    "inf_scale",
+    "zero_scale",
+    "negative_scale",
+    "scale_shape",
+    "mixed_layout",
+    "truncate",
+    "unexpected_key",
+    "nan_codes",
+)
 FP8_ONLY_BREAKAGES = set(BREAKAGES) - {"truncate", "unexpected_key"}
 PASSENGER_PREFIXES = ("vae.", "audio_vae.", "vocoder.", "text_embedding_projection.")
 MODEL_VERSION = "2.3.0"
 COMFY_QUANT_CONF = {"format": "float8_e4m3fn"}
 
 _ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.uint8: "U8",
-    torch.int8: "I8", torch.int32: "I32", torch.int64: "I64", torch.bool: "BOOL",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.bool: "BOOL",
 }
 
 PASSENGERS: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
@@ -344,17 +367,18 @@ SUBCONFIGS = {
 @dataclass
 class QuantInfo:
     """The truth about one quantized layer as generated (before any breakage)."""
-    scale: torch.Tensor            # fp32 [] or [out] (the file may hold [out, 1])
-    input_scale: float | None      # the fp32 value written (None: not written)
+
+    scale: torch.Tensor  # fp32 [] or [out] (the file may hold [out, 1])
+    input_scale: float | None  # the fp32 value written (None: not written)
     per_row: bool
-    transposed: bool               # stored [in, out]
+    transposed: bool  # stored [in, out]
 
 
 @dataclass
 class Broken:
     kind: str
-    layer: str | None              # no prefix
-    tensor: str                    # full key in the file
+    layer: str | None  # no prefix
+    tensor: str  # full key in the file
     detail: str = ""
 
 
@@ -384,7 +408,7 @@ class Fixture:
     def reference(self, name: str) -> torch.Tensor:
         """The original full-precision tensor (dtype of the file's full-precision tensors);
         a layer name gives its weight; a prefixed key is accepted."""
-        key = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        key = name[len(self.prefix) :] if self.prefix and name.startswith(self.prefix) else name
         if key in self._linears:
             key += ".weight"
         return reference_tensor(self.config, key, self.seed, self.dtype, self._shapes)
@@ -436,8 +460,7 @@ def _first_quantized_block(num_layers: int, bf16_blocks: Iterable[int]) -> int |
     return None
 
 
-def quantized_layer_names(cfg: dict, bf16_blocks: Iterable[int] | None = None,
-                          quantize_gate: bool = True) -> list[str]:
+def quantized_layer_names(cfg: dict, bf16_blocks: Iterable[int] | None = None, quantize_gate: bool = True) -> list[str]:
     """The linears an fp8 encoding quantizes for these options."""
     r = resolved_config(cfg)
     blocks = _default_bf16_blocks(r["num_layers"]) if bf16_blocks is None else set(bf16_blocks)
@@ -463,12 +486,24 @@ class _Entry:
         self.key, self.dtype, self.shape, self.make = key, dtype, tuple(int(s) for s in shape), make
 
 
-def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed: int = 0,
-                     prefix: str = "model.diffusion_model.", bf16_blocks: Iterable[int] | None = None,
-                     quantize_gate: bool = True, passengers: bool = True, per_row: bool = False,
-                     scale_2d: bool = False, transposed: bool = False,
-                     input_scale: float | str | None = "auto", dtype: torch.dtype = torch.bfloat16,
-                     breakage: str | None = None, break_layer: str | None = None) -> Fixture:
+def write_checkpoint(
+    path: str | os.PathLike,
+    cfg: dict,
+    encoding: str,
+    *,
+    seed: int = 0,
+    prefix: str = "model.diffusion_model.",
+    bf16_blocks: Iterable[int] | None = None,
+    quantize_gate: bool = True,
+    passengers: bool = True,
+    per_row: bool = False,
+    scale_2d: bool = False,
+    transposed: bool = False,
+    input_scale: float | str | None = "auto",
+    dtype: torch.dtype = torch.bfloat16,
+    breakage: str | None = None,
+    break_layer: str | None = None,
+) -> Fixture:
     """Write one LTX-2.3-shaped checkpoint; see the module docstring. Returns its `Fixture`."""
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; one of {ENCODINGS}")
@@ -490,8 +525,9 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
     linears = expected_linear_shapes(cfg)
     quant_layers = set(quantized_layer_names(cfg, blocks_bf16, quantize_gate)) if fp8 else set()
 
-    fx = Fixture(path=path, config=cfg, encoding=encoding, prefix=prefix, seed=int(seed), dtype=dtype,
-                 per_row=bool(per_row))
+    fx = Fixture(
+        path=path, config=cfg, encoding=encoding, prefix=prefix, seed=int(seed), dtype=dtype, per_row=bool(per_row)
+    )
     fx.full_precision = [n for n in linears if n not in quant_layers]
 
     # The culprit of a breakage.
@@ -548,10 +584,14 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
             continue
         o, i = shape
         layer_t = transposed != (breakage == "mixed_layout" and layer == target)
-        isc = (_auto_input_scale(seed, layer) if input_scale == "auto"
-               else (None if input_scale is None else _f32(input_scale)))
-        fx.quantized[layer] = QuantInfo(scale=torch.empty(0), input_scale=isc, per_row=bool(per_row),
-                                        transposed=transposed)
+        isc = (
+            _auto_input_scale(seed, layer)
+            if input_scale == "auto"
+            else (None if input_scale is None else _f32(input_scale))
+        )
+        fx.quantized[layer] = QuantInfo(
+            scale=torch.empty(0), input_scale=isc, per_row=bool(per_row), transposed=transposed
+        )
 
         def make_weight(layer=layer, layer_t=layer_t):
             codes, _ = quantized(layer)
@@ -581,8 +621,12 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
                 if layer == target and breakage in ("nan_scale", "inf_scale", "zero_scale", "negative_scale"):
                     flat = s.reshape(-1)
                     j = flat.numel() // 2
-                    flat[j] = {"nan_scale": float("nan"), "inf_scale": float("inf"), "zero_scale": 0.0,
-                               "negative_scale": -float(flat[j])}[breakage]
+                    flat[j] = {
+                        "nan_scale": float("nan"),
+                        "inf_scale": float("inf"),
+                        "zero_scale": 0.0,
+                        "negative_scale": -float(flat[j]),
+                    }[breakage]
                 if breakage == "scale_shape" and layer == target:
                     return s.reshape(-1)[:1].expand(sshape).contiguous()
                 return s.reshape(sshape)
@@ -592,8 +636,12 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
             add(layer + input_suffix, torch.float32, (), lambda v=isc: torch.tensor(v, dtype=torch.float32))
         if encoding == "comfy-native-tensor":
             blob = json.dumps(COMFY_QUANT_CONF).encode("utf-8")
-            add(layer + ".comfy_quant", torch.uint8, (len(blob),),
-                lambda blob=blob: torch.tensor(list(blob), dtype=torch.uint8))
+            add(
+                layer + ".comfy_quant",
+                torch.uint8,
+                (len(blob),),
+                lambda blob=blob: torch.tensor(list(blob), dtype=torch.uint8),
+            )
 
     if legacy:
         add("scaled_fp8", FP8, (0,), lambda: torch.empty(0, dtype=FP8))
@@ -607,8 +655,14 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
 
     if passengers:
         for key, (shape, dt) in PASSENGERS.items():
-            entries.append(_Entry(key, dt, shape, lambda key=key, shape=shape, dt=dt:
-                                  _generate("passenger:" + key, shape, seed).to(dt)))
+            entries.append(
+                _Entry(
+                    key,
+                    dt,
+                    shape,
+                    lambda key=key, shape=shape, dt=dt: _generate("passenger:" + key, shape, seed).to(dt),
+                )
+            )
             fx.passengers.append(key)
 
     # Header
@@ -617,10 +671,12 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
         "model_version": MODEL_VERSION,
     }
     if encoding == "comfy-native-header":
-        metadata["_quantization_metadata"] = json.dumps({
-            "format_version": "1.0",
-            "layers": {prefix + layer: dict(COMFY_QUANT_CONF) for layer in sorted(quant_layers)},
-        })
+        metadata["_quantization_metadata"] = json.dumps(
+            {
+                "format_version": "1.0",
+                "layers": {prefix + layer: dict(COMFY_QUANT_CONF) for layer in sorted(quant_layers)},
+            }
+        )
     fx.metadata = metadata
 
     entries.sort(key=lambda e: e.key)
@@ -649,8 +705,9 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
         for e in entries:
             t = e.make()
             if tuple(t.shape) != e.shape or t.dtype != e.dtype:
-                raise AssertionError(f"fixture bug: {e.key} made {t.dtype} {list(t.shape)}, "
-                                     f"header says {e.dtype} {list(e.shape)}")
+                raise AssertionError(
+                    f"fixture bug: {e.key} made {t.dtype} {list(t.shape)}, header says {e.dtype} {list(e.shape)}"
+                )
             f.write(_tensor_bytes(t))
             del t
             if math.prod(e.shape) > 0:
@@ -661,13 +718,14 @@ def write_checkpoint(path: str | os.PathLike, cfg: dict, encoding: str, *, seed:
         size = os.path.getsize(path)
         cut = max(1, last_size // 2)
         os.truncate(path, size - cut)
-        layer = last_key[len(prefix):].rpartition(".")[0] if last_key.startswith(prefix) else None
+        layer = last_key[len(prefix) :].rpartition(".")[0] if last_key.startswith(prefix) else None
         fx.broken = Broken("truncate", layer, last_key, f"file cut {cut} bytes short, inside {last_key}")
     return fx
 
 
 # ----------------------------------------------------------------------------------------------
 # LoRA
+
 
 @dataclass
 class LoraFixture:
@@ -696,9 +754,16 @@ class LoraFixture:
         return (b.float() @ a.float()) * scale
 
 
-def write_lora(path: str | os.PathLike, cfg: dict, layers: Iterable[str], rank: int, seed: int,
-               alpha: float | None = None, prefix: str = "diffusion_model.",
-               dtype: torch.dtype = torch.bfloat16) -> LoraFixture:
+def write_lora(
+    path: str | os.PathLike,
+    cfg: dict,
+    layers: Iterable[str],
+    rank: int,
+    seed: int,
+    alpha: float | None = None,
+    prefix: str = "diffusion_model.",
+    dtype: torch.dtype = torch.bfloat16,
+) -> LoraFixture:
     """A small LTX LoRA for `layers` (names without prefix, linears of the config's model)."""
     from safetensors.torch import save_file
 
@@ -707,8 +772,16 @@ def write_lora(path: str | os.PathLike, cfg: dict, layers: Iterable[str], rank: 
     for layer in layers:
         if layer not in known:
             raise ValueError(f"{layer} is not a linear of the LTXAV model for this config")
-    lf = LoraFixture(os.fspath(path), json.loads(json.dumps(cfg)), layers, int(rank),
-                     None if alpha is None else float(alpha), prefix, int(seed), dtype)
+    lf = LoraFixture(
+        os.fspath(path),
+        json.loads(json.dumps(cfg)),
+        layers,
+        int(rank),
+        None if alpha is None else float(alpha),
+        prefix,
+        int(seed),
+        dtype,
+    )
     sd = {}
     for layer in layers:
         a, b = lf.factors(layer)
@@ -723,9 +796,11 @@ def write_lora(path: str | os.PathLike, cfg: dict, layers: Iterable[str], rank: 
 # ----------------------------------------------------------------------------------------------
 # CLI
 
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.ltx2_fixture",
-                                 description="Write an LTX-2.3-shaped test checkpoint.")
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.ltx2_fixture", description="Write an LTX-2.3-shaped test checkpoint."
+    )
     ap.add_argument("out")
     ap.add_argument("--encoding", default="ltx-core", choices=ENCODINGS)
     ap.add_argument("--real", action="store_true", help="LTX-2.3 22B widths (default: tiny)")
@@ -752,17 +827,37 @@ def main(argv: list[str] | None = None) -> int:
     bf16_blocks = None
     if a.bf16_blocks is not None:
         bf16_blocks = [int(x) for x in a.bf16_blocks.split(",") if x.strip()]
-    fx = write_checkpoint(a.out, cfg, a.encoding, seed=a.seed, prefix=a.prefix, bf16_blocks=bf16_blocks,
-                          quantize_gate=not a.no_gate, passengers=not a.no_passengers, per_row=a.per_row,
-                          scale_2d=a.scale_2d, transposed=a.transposed,
-                          input_scale=None if a.no_input_scale else "auto", breakage=a.breakage)
-    print(json.dumps({
-        "path": fx.path, "bytes": os.path.getsize(fx.path), "encoding": fx.encoding,
-        "num_layers": resolved_config(cfg)["num_layers"], "tensors": len(fx.keys),
-        "quantized_layers": len(fx.quantized), "full_precision_linears": len(fx.full_precision),
-        "passengers": len(fx.passengers),
-        "broken": None if fx.broken is None else fx.broken.__dict__,
-    }, indent=1))
+    fx = write_checkpoint(
+        a.out,
+        cfg,
+        a.encoding,
+        seed=a.seed,
+        prefix=a.prefix,
+        bf16_blocks=bf16_blocks,
+        quantize_gate=not a.no_gate,
+        passengers=not a.no_passengers,
+        per_row=a.per_row,
+        scale_2d=a.scale_2d,
+        transposed=a.transposed,
+        input_scale=None if a.no_input_scale else "auto",
+        breakage=a.breakage,
+    )
+    print(
+        json.dumps(
+            {
+                "path": fx.path,
+                "bytes": os.path.getsize(fx.path),
+                "encoding": fx.encoding,
+                "num_layers": resolved_config(cfg)["num_layers"],
+                "tensors": len(fx.keys),
+                "quantized_layers": len(fx.quantized),
+                "full_precision_linears": len(fx.full_precision),
+                "passengers": len(fx.passengers),
+                "broken": None if fx.broken is None else fx.broken.__dict__,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

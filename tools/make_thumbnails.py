@@ -18,6 +18,7 @@ whole graph), `docs/mix-loaders.png` (the three loaders with their badges, at 10
 `docs/mix-vram-report.png` (the VRAM Report node, at 150 %).
 Runs in about a minute on CPU.
 """
+
 from __future__ import annotations
 
 import argparse

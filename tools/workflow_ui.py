@@ -13,6 +13,7 @@ and the test node pack is started for the duration (tests/hostlib.py). Nodes are
 right in columns by their depth in the graph (longest path from a source), each column stacked in
 the order of its inputs' rows. Edit the API file, then re-run this; both are committed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,19 +41,22 @@ NOTES = {
         "elsewhere. VRAM Report sits after the sampler (through 'passthrough') so it sees the run.\n\n"
         "The demo files (ltx23_demo_*.safetensors) are made by `make run`. With a real LTX-2.3 "
         "checkpoint, replace 'Synthetic LTX Conditioning' by the LTXAV text encoder + CLIPTextEncode, "
-        "the audio latent by LTXVEmptyLatentAudio, and decode with the video / audio VAEs."),
+        "the audio latent by LTXVEmptyLatentAudio, and decode with the video / audio VAEs."
+    ),
     "ltx_fp8_mix": (
         "LTX FP8: three modes side by side\n\n"
         "The same fp8 bundle as scaled-mm and as fp8-cast with a LoRA (merged at full precision and "
         "re-quantized with a fresh scale), and the bf16 original, sampled with the same seed. Each "
         "ModelSamplingLTXV takes the previous sampler's latent: it reads only its size (the shift), "
         "so the three samplers run in turn and the one VRAM Report after the last sees all three.\n\n"
-        "`make run` prints each mode's agreement with the bf16 run."),
+        "`make run` prints each mode's agreement with the bf16 run."
+    ),
 }
 
 
 # ----------------------------------------------------------------------------------------------
 # Node definitions
+
 
 def _inputs(defn: dict) -> list[tuple[str, list, bool]]:
     """(name, spec, optional) in the definition's order (required, then optional; no hidden)."""
@@ -136,6 +140,7 @@ def _size(defn: dict, api_node: dict) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 # API -> UI
 
+
 def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
     ids = sorted(api, key=int)
     depth = _depths(api)
@@ -190,12 +195,21 @@ def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
         inputs, widgets_values = [], []
         for inp, spec, optional in ins:
             if not _is_widget(spec):
-                inputs.append({"localized_name": inp, "name": inp, "type": _type_name(spec),
-                               "link": in_link.get((nid, inp))} | ({"shape": 7} if optional else {}))
-        for inp, spec, optional in ins:
+                inputs.append(
+                    {"localized_name": inp, "name": inp, "type": _type_name(spec), "link": in_link.get((nid, inp))}
+                    | ({"shape": 7} if optional else {})
+                )
+        for inp, spec, _optional in ins:
             if _is_widget(spec):
-                inputs.append({"localized_name": inp, "name": inp, "type": _type_name(spec),
-                               "widget": {"name": inp}, "link": None})
+                inputs.append(
+                    {
+                        "localized_name": inp,
+                        "name": inp,
+                        "type": _type_name(spec),
+                        "widget": {"name": inp},
+                        "link": None,
+                    }
+                )
                 opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
                 if inp in node["inputs"]:
                     value = node["inputs"][inp]
@@ -208,16 +222,33 @@ def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
         if unknown:
             raise ValueError(f"{name}: node {nid} ({ct}) has inputs its definition lacks: {sorted(unknown)}")
         outputs = []
-        for slot, (otype, oname) in enumerate(zip(defn["output"], defn["output_name"])):
-            outputs.append({"localized_name": oname, "name": oname, "type": otype,
-                            "slot_index": slot, "links": out_links.get((nid, slot), [])})
+        for slot, (otype, oname) in enumerate(zip(defn["output"], defn["output_name"], strict=False)):
+            outputs.append(
+                {
+                    "localized_name": oname,
+                    "name": oname,
+                    "type": otype,
+                    "slot_index": slot,
+                    "links": out_links.get((nid, slot), []),
+                }
+            )
         props = {"Node name for S&R": ct}
         cnr = _cnr_id(defn, ct)
         if cnr:
             props["cnr_id"] = cnr
-        entry = {"id": int(nid), "type": ct, "pos": pos[nid], "size": sizes[nid], "flags": {},
-                 "order": topo.index(nid), "mode": 0, "inputs": inputs, "outputs": outputs,
-                 "properties": props, "widgets_values": widgets_values}
+        entry = {
+            "id": int(nid),
+            "type": ct,
+            "pos": pos[nid],
+            "size": sizes[nid],
+            "flags": {},
+            "order": topo.index(nid),
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": props,
+            "widgets_values": widgets_values,
+        }
         title = (node.get("_meta") or {}).get("title")
         if title:
             entry["title"] = title
@@ -228,10 +259,23 @@ def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
     last = max(int(n) for n in ids)
     if name in NOTES:
         last += 1
-        nodes.append({"id": last, "type": "Note", "pos": [40, -260], "size": [640, 220], "flags": {},
-                      "order": len(ids), "mode": 0, "inputs": [], "outputs": [],
-                      "properties": {"text": ""}, "widgets_values": [NOTES[name]],
-                      "color": "#432", "bgcolor": "#653"})
+        nodes.append(
+            {
+                "id": last,
+                "type": "Note",
+                "pos": [40, -260],
+                "size": [640, 220],
+                "flags": {},
+                "order": len(ids),
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "properties": {"text": ""},
+                "widgets_values": [NOTES[name]],
+                "color": "#432",
+                "bgcolor": "#653",
+            }
+        )
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-ltx-fp8/example_workflows/{name}")),
         "revision": 0,
@@ -255,8 +299,7 @@ def api_names() -> list[str]:
 
 
 def render(names, object_info) -> dict[str, str]:
-    return {n: dumps(api_to_ui(json.loads((API_DIR / f"{n}.json").read_text()), object_info, n))
-            for n in names}
+    return {n: dumps(api_to_ui(json.loads((API_DIR / f"{n}.json").read_text()), object_info, n)) for n in names}
 
 
 def fetch_object_info(url: str | None) -> dict:
@@ -266,6 +309,7 @@ def fetch_object_info(url: str | None) -> dict:
         with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=60) as r:
             return json.loads(r.read())
     import hostlib
+
     from tools.demo import node_packs
 
     with hostlib.Host(extra_custom_nodes=node_packs()) as host:

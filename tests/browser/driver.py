@@ -13,6 +13,7 @@ Playwright comes from PyPI (requirements-dev.txt) and is always pointed at the s
 `ensure_chromium()` installs Debian's package when it is missing and we are root
 (tools/bootstrap.sh does the same under a stamp). Standard library + playwright only.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,21 @@ import subprocess
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 CHROMIUM = os.environ.get("LTXFP8_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1600, "height": 1000}
 
 # Editor settings for a quiet, reproducible page: no first-run template browser, no minimap.
@@ -82,8 +92,9 @@ def ensure_chromium() -> str:
     if os.path.exists(CHROMIUM):
         return CHROMIUM
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise BrowserUnavailable(f"{CHROMIUM} missing and cannot install it (need root and apt-get): "
-                                 f"run `sudo apt-get install -y chromium`")
+        raise BrowserUnavailable(
+            f"{CHROMIUM} missing and cannot install it (need root and apt-get): run `sudo apt-get install -y chromium`"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "fonts-dejavu-core"]
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
@@ -171,8 +182,13 @@ _READ_VIEWS = """() => {
 class Editor:
     """One headless Chromium page on the host's graph editor."""
 
-    def __init__(self, url: str, viewport: Mapping[str, int] = VIEWPORT, timeout_s: float = 90,
-                 settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        viewport: Mapping[str, int] = VIEWPORT,
+        timeout_s: float = 90,
+        settings: Mapping[str, Any] | None = None,
+    ):
         self.url = url.rstrip("/")
         # Editor settings this page sees (EDITOR_SETTINGS + settings) over the user's stored ones.
         # They live in the page only: the settings requests are answered here, so nothing is
@@ -185,7 +201,7 @@ class Editor:
         self._pw = self._browser = self.page = None
 
     # ----- life cycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "Editor":
+    def __enter__(self) -> Editor:
         exe = ensure_chromium()
         self._pw = _playwright_acquire()
         try:
@@ -223,7 +239,7 @@ class Editor:
                 self.settings.update(json.loads(req.post_data or "{}"))
                 return route.fulfill(status=200, body="")
             if path.startswith(prefix + "/"):
-                key = urllib.parse.unquote(path[len(prefix) + 1:])
+                key = urllib.parse.unquote(path[len(prefix) + 1 :])
                 if req.method == "POST":
                     self.settings[key] = json.loads(req.post_data or "null")
                     return route.fulfill(status=200, body="")
@@ -245,13 +261,16 @@ class Editor:
         self.page.goto(self.url + "/", wait_until="domcontentloaded")
         self.page.wait_for_function(
             "() => window.app?.graph && window.comfyAPI?.api?.api && window.app.extensionManager?.setting"
-            " && window.app.extensions?.some(e => e.name === 'LTXFP8.Canvas')")
+            " && window.app.extensions?.some(e => e.name === 'LTXFP8.Canvas')"
+        )
         self.page.evaluate(_INSTALL_LISTENERS)
         # The editor loads its start-up graph (the default workflow) and rearranges its workflow
         # tabs for a second or so after the app is up; a workflow loaded before that settles is
         # replaced. Wait until graph and tabs have not changed for 1.5 s.
-        state = ("() => [app.graph._nodes.length, app.extensionManager.workflow?.activeWorkflow?.path,"
-                 " (app.extensionManager.workflow?.openWorkflows ?? []).map(w => w.path).join('|')].join(';')")
+        state = (
+            "() => [app.graph._nodes.length, app.extensionManager.workflow?.activeWorkflow?.path,"
+            " (app.extensionManager.workflow?.openWorkflows ?? []).map(w => w.path).join('|')].join(';')"
+        )
         last, stable_since, deadline = None, time.monotonic(), time.monotonic() + 30
         while time.monotonic() < deadline:
             now = self.page.evaluate(state)
@@ -300,7 +319,8 @@ class Editor:
 
     def node_ids(self, node_type: str | None = None) -> list[str]:
         return self.page.evaluate(
-            "(t) => app.graph._nodes.filter(n => !t || n.type === t).map(n => String(n.id))", node_type)
+            "(t) => app.graph._nodes.filter(n => !t || n.type === t).map(n => String(n.id))", node_type
+        )
 
     def fit_view(self) -> None:
         self.page.evaluate("() => { app.canvas.deselectAll?.(); }")
@@ -320,15 +340,18 @@ class Editor:
 
     def wait_done(self, prompt_id: str, timeout_s: float = 300) -> str:
         """Wait for the page's websocket to report the end of the prompt; return the event name."""
-        self.page.wait_for_function("(id) => window.__ltxfp8Test.done[id]", arg=prompt_id,
-                                    timeout=int(timeout_s * 1000))
+        self.page.wait_for_function(
+            "(id) => window.__ltxfp8Test.done[id]", arg=prompt_id, timeout=int(timeout_s * 1000)
+        )
         return self.page.evaluate("(id) => window.__ltxfp8Test.done[id]", prompt_id)
 
     def wait_for_views(self, node_ids: Iterable[str], timeout_s: float = 30) -> dict:
         ids = [str(i) for i in node_ids]
         self.page.wait_for_function(
-            "(ids) => ids.every(id => document.querySelector(`.ltxfp8-host[data-node-id=\"${id}\"] [data-ltxfp8]`))",
-            arg=ids, timeout=int(timeout_s * 1000))
+            '(ids) => ids.every(id => document.querySelector(`.ltxfp8-host[data-node-id="${id}"] [data-ltxfp8]`))',
+            arg=ids,
+            timeout=int(timeout_s * 1000),
+        )
         return self.views()
 
     def views(self) -> dict:
@@ -352,25 +375,31 @@ class Editor:
         screenshots, not the focus-mode exit button either)."""
         chrome_visible = self.page.evaluate(
             "() => [...document.querySelectorAll('.side-tool-bar-container, .workflow-tabs')]"
-            ".some(e => e.getBoundingClientRect().width > 0)")
+            ".some(e => e.getBoundingClientRect().width > 0)"
+        )
         if chrome_visible == on:
             self.command("Workspace.ToggleFocusMode")
             self.page.wait_for_timeout(400)
-        self.page.evaluate("""(on) => {
+        self.page.evaluate(
+            """(on) => {
           document.getElementById('ltxfp8-focus')?.remove();
           if (on) document.head.append(Object.assign(document.createElement('style'), {id: 'ltxfp8-focus',
             textContent: '.no-drag.fixed.top-0.right-0 { visibility: hidden !important; }'}));
-        }""", on)
+        }""",
+            on,
+        )
 
-    def frame_graph(self, node_ids: Iterable[str] | None = None, pad: int = 24, max_scale: float = 1.0,
-                    how: str = "fit") -> dict:
+    def frame_graph(
+        self, node_ids: Iterable[str] | None = None, pad: int = 24, max_scale: float = 1.0, how: str = "fit"
+    ) -> dict:
         """Zoom and pan the canvas onto the given nodes (default all); return a page-pixel clip
         {x, y, width, height, scale}. how="fit": the nodes' bounding box (title bars and node
         badges included), as large as the canvas allows. how="square-left": a square as tall as
         the canvas, the nodes filling its height from their left edge (wider graphs are cut on
         the right)."""
         ids = None if node_ids is None else [str(i) for i in node_ids]
-        clip = self.page.evaluate("""([ids, pad, maxScale, how]) => {
+        clip = self.page.evaluate(
+            """([ids, pad, maxScale, how]) => {
           const c = app.canvas, LG = window.LiteGraph;
           const nodes = app.graph._nodes.filter(n => !ids || ids.includes(String(n.id)));
           const th = LG.NODE_TITLE_HEIGHT || 30, badge = 22;
@@ -393,14 +422,23 @@ class Editor:
             return {x: rect.left, y: rect.top, width: Math.floor(side), height: Math.floor(side), scale};
           return {x: rect.left, y: rect.top, width: Math.ceil((x1 - x0) * scale + 2 * pad),
                   height: Math.ceil((y1 - y0) * scale + 2 * pad), scale};
-        }""", [ids, pad, max_scale, how])
+        }""",
+            [ids, pad, max_scale, how],
+        )
         # Let the canvas redraw and the DOM widgets follow it.
         self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         self.page.wait_for_timeout(300)
         return clip
 
-    def screenshot_graph(self, path: str | os.PathLike, node_ids: Iterable[str] | None = None, pad: int = 24,
-                         max_scale: float = 1.0, how: str = "fit", **kwargs) -> Path:
+    def screenshot_graph(
+        self,
+        path: str | os.PathLike,
+        node_ids: Iterable[str] | None = None,
+        pad: int = 24,
+        max_scale: float = 1.0,
+        how: str = "fit",
+        **kwargs,
+    ) -> Path:
         """A screenshot of just the graph (or of `node_ids`), framed by frame_graph()."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -438,11 +476,11 @@ def run_in_editor(ed: Editor, host, workflow: Mapping, timeout_s: float = 600) -
     return entry, views
 
 
-def three_node_workflow(page_editor: Editor, ckpt_name: str, policy: str = "auto",
-                        apply_policy: str = "bf16") -> dict:
+def three_node_workflow(page_editor: Editor, ckpt_name: str, policy: str = "auto", apply_policy: str = "bf16") -> dict:
     """Build loader -> Apply Quant Policy -> VRAM Report in the page and return it as UI-format
     JSON (app.graph.serialize()): the fallback when example_workflows/ has no workflow yet."""
-    return page_editor.page.evaluate("""([ckpt, policy, applyPolicy]) => {
+    return page_editor.page.evaluate(
+        """([ckpt, policy, applyPolicy]) => {
       const LG = window.LiteGraph;
       app.graph.clear();
       const mk = (type, pos) => { const n = LG.createNode(type); n.pos = pos; app.graph.add(n); return n; };
@@ -455,4 +493,6 @@ def three_node_workflow(page_editor: Editor, ckpt_name: str, policy: str = "auto
       a.connect(0, c, 0);
       b.connect(0, c, 1);
       return app.graph.serialize();
-    }""", [ckpt_name, policy, apply_policy])
+    }""",
+        [ckpt_name, policy, apply_policy],
+    )

@@ -20,12 +20,12 @@ for the two things the host's LTXAV pipeline needs from them:
   latents per second), so the latent is the same `{"samples": zeros[B, 8, ceil(frames / fps *
   25), 16], "type": "audio"}`.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-
 from comfy_api.latest import ComfyExtension, io
 
 # LTX-2 audio VAE constants (comfy/ldm/lightricks/vae/audio_vae.py with its default config).
@@ -56,16 +56,17 @@ class LTXFP8TestConditioning(io.ComfyNode):
             node_id="LTXFP8TestConditioning",
             display_name="Synthetic LTX Conditioning (test)",
             category="testing/ltx fp8",
-            description=("Deterministic stand-in for the LTX-2 text encoder (Gemma-3 12B): N(0, 1) text "
-                         "embeddings of the width the MODEL expects, run through the model's own "
-                         "connectors like a real prompt. Negative uses seed + 1."),
+            description=(
+                "Deterministic stand-in for the LTX-2 text encoder (Gemma-3 12B): N(0, 1) text "
+                "embeddings of the width the MODEL expects, run through the model's own "
+                "connectors like a real prompt. Negative uses seed + 1."
+            ),
             inputs=[
                 io.Model.Input("model", tooltip="The LTXAV MODEL the conditioning is for (its dims are read)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False),
                 io.Int.Input("tokens", default=16, min=1, max=1024, tooltip="Text tokens per prompt."),
             ],
-            outputs=[io.Conditioning.Output(display_name="positive"),
-                     io.Conditioning.Output(display_name="negative")],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
         )
 
     @classmethod
@@ -98,8 +99,9 @@ class LTXFP8TestEmptyAudioLatent(io.ComfyNode):
         import comfy.model_management
 
         n = math.ceil(float(frames_number) / frame_rate * AUDIO_LATENTS_PER_SECOND)
-        samples = torch.zeros((batch_size, AUDIO_Z_CHANNELS, n, AUDIO_FREQ_BINS),
-                              device=comfy.model_management.intermediate_device())
+        samples = torch.zeros(
+            (batch_size, AUDIO_Z_CHANNELS, n, AUDIO_FREQ_BINS), device=comfy.model_management.intermediate_device()
+        )
         return io.NodeOutput({"samples": samples, "type": "audio"})
 
 
