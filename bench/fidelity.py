@@ -106,7 +106,7 @@ def run(spec: dict) -> dict:
             }
         )
 
-    plan_checkpoint = pack.quant.loader.plan_checkpoint
+    plan_checkpoint = pack.quant.plan.plan_checkpoint
     build = pack.bridge.host_model.build_model_patcher
     cpu = torch.device("cpu")
     for label, policy, activation in (

@@ -2,7 +2,7 @@
 16384x4096, `ff.net.2` 4096x16384 at real width), per mode, at several token counts.
 
 `python -m bench.forward '<json spec>'` (one process for the whole group). The layers come from
-the fp8 file through `quant.loader` (one plan per policy) and run as `quant.linear.QuantLinear`:
+the fp8 file through `quant.plan` / `quant.stream` (one plan per policy) and run as `quant.linear.QuantLinear`:
 - full precision: policy `bf16` (codes * scale, dequantized once at load) in the compute dtype;
   this is the reference every ratio is taken against (same dtype, same weights);
 - `fp8-cast`: fp8 codes + scale, dequantized in the forward;
@@ -30,7 +30,8 @@ FF = ("ff.net.0.proj", "ff.net.2")
 
 def _load_block(path: str, policy: str, dtype, device, block: int = 0):
     from quant.linear import QuantLinear
-    from quant.loader import iter_load, plan_checkpoint
+    from quant.plan import plan_checkpoint
+    from quant.stream import iter_load
 
     plan = plan_checkpoint(path, policy, compute_dtype=dtype, device=device)
     prefix = f"transformer_blocks.{block}."
@@ -234,7 +235,7 @@ def load_breakdown(path: str, layer: str = "transformer_blocks.0.ff.net.0.proj",
     import torch
 
     from quant.fp8 import check_codes, dequantize, quantize
-    from quant.loader import plan_checkpoint
+    from quant.plan import plan_checkpoint
     from quant.safetensors_header import read_tensor
 
     plan = plan_checkpoint(path, "fp8-cast")

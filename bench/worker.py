@@ -1,7 +1,7 @@
 """One load, measured in a fresh process: `python -m bench.worker '<json spec>'`.
 
 Kinds:
-- `quant`: `quant.loader.plan_checkpoint` + `iter_load` (streaming) under a policy; the layers are
+- `quant`: `quant.plan.plan_checkpoint` + `iter_load` (streaming) under a policy; the layers are
   kept, as a caller would keep them. Resident bytes are measured (unique storages) and computed
   from theory (1 byte per fp8 parameter + fp32 scales; full precision elsewhere).
 - `floor-safetensors`: the same tensors through `safetensors.safe_open(...).get_tensor` and nothing
@@ -74,8 +74,9 @@ def load_quant(spec: dict) -> dict:
     import torch
 
     from quant.layer import QuantLayer
-    from quant.loader import iter_load, plan_checkpoint
+    from quant.plan import plan_checkpoint
     from quant.report import build_report
+    from quant.stream import iter_load
 
     dtype = getattr(torch, spec.get("compute_dtype", "bfloat16"))
     subset = spec.get("subset", "all")
@@ -253,7 +254,7 @@ def load_bridge(spec: dict) -> dict:
     logging.disable(logging.WARNING)
     import torch
 
-    plan_checkpoint = pack.quant.loader.plan_checkpoint
+    plan_checkpoint = pack.quant.plan.plan_checkpoint
     build = pack.bridge.host_model.build_model_patcher
 
     def run():

@@ -4,7 +4,7 @@ The host's `load_diffusion_model_state_dict` needs the whole state dict in memor
 scales of ltx-core files (shared/reference/ltx2-checkpoints.md). We reuse its pieces instead: its
 detection (`model_config_from_unet`) on a meta-tensor state dict, its dtype choice, its LTXAV model
 class with our Linear as `custom_operations`, and its ModelPatcher. The weights then arrive one
-tensor at a time from `quant.loader.iter_load`.
+tensor at a time from `quant.stream.iter_load`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import torch
 
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
-from ..quant.loader import LoadPlan, config_problem, iter_load
 from ..quant.ltx2_shapes import count_blocks
+from ..quant.plan import LoadPlan, config_problem
+from ..quant.stream import iter_load
 from .host_linear import QuantHostLinear
 
 log = logging.getLogger("ltx_fp8")

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..bridge.errors import node_error
 from ..bridge.host_model import build_model_patcher
 from ..quant.device import device_caps
-from ..quant.loader import plan_checkpoint
+from ..quant.plan import plan_checkpoint
 from ..quant.report import build_report, format_text
 from .badge import blocks_by_mode, report_layers
 from .inputs import policy_inputs, read_policy

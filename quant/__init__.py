@@ -6,9 +6,10 @@ from .device import DeviceCaps, device_caps
 from .errors import CheckpointError
 from .layer import MODES, QuantLayer
 from .linear import QuantLinear, linear_forward
-from .loader import LoadPlan, iter_load, load, plan_checkpoint
+from .plan import LoadPlan, plan_checkpoint
 from .policy import PRESETS, Policy, PolicyError
 from .report import build_report, format_text
+from .stream import iter_load, load
 
 __all__ = [
     "CheckpointError",

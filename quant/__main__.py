@@ -10,7 +10,7 @@ import torch
 
 from .backends import BackendUnavailable
 from .errors import CheckpointError
-from .loader import plan_checkpoint
+from .plan import plan_checkpoint
 from .policy import PolicyError
 from .report import build_report, format_text
 from .verify import verify

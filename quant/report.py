@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from .loader import LayerPlan, LoadPlan
+from .plan import LayerPlan, LoadPlan
 
 _FILE_DTYPES = {
     "F8_E4M3": "float8_e4m3fn",

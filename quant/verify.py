@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from .layer import QuantLayer
 from .linear import QuantLinear
-from .loader import iter_load, load, plan_checkpoint
+from .plan import plan_checkpoint
+from .stream import iter_load, load
 
 TOKENS = 64
 

@@ -781,7 +781,9 @@ class Guard:
     `pkg` is the quant package: `quant`, or the pack's copy the host imported."""
 
     def __init__(self, pkg: str = "quant"):
-        self.loader, self.sh = module(pkg, "loader"), module(pkg, "safetensors_header")
+        # plan.py opens the file to plan, stream.py to read the weights: watch both.
+        self.planner, self.streamer = module(pkg, "plan"), module(pkg, "stream")
+        self.sh = module(pkg, "safetensors_header")
         self.opened: list[str] = []
         self.violations: list[str] = []
         self.reads = 0
@@ -804,7 +806,7 @@ class Guard:
             return read_into(f, offset, buf, path, name)
 
         sh._read_at, sh._read_exactly_into = checked_read_at, checked_read_into
-        self.loader.open = self._open
+        self.planner.open = self.streamer.open = self._open
         sh.open = self._open
         return self
 
@@ -816,7 +818,7 @@ class Guard:
 
     def __exit__(self, *exc):
         self.sh._read_at, self.sh._read_exactly_into = self._orig
-        for m in (self.loader, self.sh):
+        for m in (self.planner, self.streamer, self.sh):
             with contextlib.suppress(AttributeError):
                 del m.open
         return False
@@ -835,8 +837,7 @@ def load_all(path: str, policy: str, pkg: str = "quant") -> Outcome:
     CheckpointError propagate (they are failures)."""
     CheckpointError = module(pkg, "errors").CheckpointError
     QuantLayer = module(pkg, "layer").QuantLayer
-    loader = module(pkg, "loader")
-    plan_checkpoint, iter_load = loader.plan_checkpoint, loader.iter_load
+    plan_checkpoint, iter_load = module(pkg, "plan").plan_checkpoint, module(pkg, "stream").iter_load
     caps = module(pkg, "device").DeviceCaps("cpu", fp8_gemm=True, fp8_gemm_fast=False)
     t0 = time.monotonic()
     items = 0
@@ -869,7 +870,7 @@ def build_model(path: str, policy: str, pack: str) -> Outcome:
     host imported, `pack` = the pack's package name). A built model must hold no meta tensor (a
     parameter the file never filled) and only finite weights."""
     CheckpointError = module(pack, "quant.errors").CheckpointError
-    plan_checkpoint = module(pack, "quant.loader").plan_checkpoint
+    plan_checkpoint = module(pack, "quant.plan").plan_checkpoint
     build = module(pack, "bridge.host_model").build_model_patcher
     caps = module(pack, "quant.device").DeviceCaps("cpu", fp8_gemm=True, fp8_gemm_fast=False)
     cpu = torch.device("cpu")
@@ -955,8 +956,9 @@ def _atheris_main(argv: list[str]) -> None:
         import quant.encodings  # noqa: F401
         import quant.fp8  # noqa: F401
         import quant.layout  # noqa: F401
-        import quant.loader  # noqa: F401
+        import quant.plan  # noqa: F401
         import quant.safetensors_header  # noqa: F401
+        import quant.stream  # noqa: F401
     bases = make_bases(workdir)
     path = os.path.join(workdir, "case.safetensors")
     counts: dict[str, dict[str, int]] = {}

@@ -34,7 +34,7 @@ def env(tmp_path_factory):
 
 
 def _load(pack, ckpt, policy):
-    plan = pack.quant.loader.plan_checkpoint(str(ckpt), policy, device="cpu")
+    plan = pack.quant.plan.plan_checkpoint(str(ckpt), policy, device="cpu")
     return pack.bridge.host_model.build_model_patcher(
         plan, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
     )

@@ -65,7 +65,7 @@ def _cuda_allocated(host) -> int | None:
 def test_bad_tensor_found_while_streaming_leaves_nothing_behind(host, medium, figures):
     good, bad = medium
     # The culprit really is found late: nearly every tensor is read before it.
-    from quant.loader import plan_checkpoint
+    from quant.plan import plan_checkpoint
 
     plan = plan_checkpoint(bad.path, "bf16", device="cpu")
     order = _names_in_order(plan)
@@ -252,7 +252,7 @@ def test_memory_estimates_are_what_a_load_holds(pack, oom_file):
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
     cpu = torch.device("cpu")
     for preset in ("bf16", "fp8-cast", "auto"):
-        p = pack.quant.loader.plan_checkpoint(str(oom_file), preset, device="cpu")
+        p = pack.quant.plan.plan_checkpoint(str(oom_file), preset, device="cpu")
         m = pack.bridge.host_model.build_model_patcher(p, load_device=cpu, offload_device=cpu)
         real = pack.bridge.vram.model_stats(m, "x")["total_bytes"]
         est = errors.weight_bytes_by_preset(p)
@@ -265,7 +265,7 @@ def test_memory_estimates_are_what_a_load_holds(pack, oom_file):
 @pytest.mark.parametrize("kind", ["cuda", "cpu-runtime", "python"])
 def test_out_of_memory_says_which_mode_would_fit(pack, monkeypatch, oom_file, kind, figures):
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
-    plan = pack.quant.loader.plan_checkpoint(str(oom_file), "bf16", device="cpu")
+    plan = pack.quant.plan.plan_checkpoint(str(oom_file), "bf16", device="cpu")
     plan.compute_dtype = pack.bridge.host_model.detect(plan, torch.device("cpu"))[1]  # as the build sets it
     est = errors.weight_bytes_by_preset(plan)
     assert est["requested"] == est["bf16"] > 1.4 * est["fp8-cast"]
@@ -351,7 +351,7 @@ def test_interrupt_inside_the_load_drops_the_partial_model(pack, monkeypatch, oo
             yield item
 
     monkeypatch.setattr(hm, "iter_load", interrupting)
-    plan = pack.quant.loader.plan_checkpoint(str(oom_file), "bf16", device="cpu")
+    plan = pack.quant.plan.plan_checkpoint(str(oom_file), "bf16", device="cpu")
     before = _live_models()
     cpu = torch.device("cpu")
     try:

@@ -158,7 +158,7 @@ def test_every_mutation_kind_refuses_its_target(bases, tmp_path):
 def test_scale_that_cannot_be_a_scale_is_refused(bases, tmp_path, value):
     """A weight scale whose codes * scale overflow float32, or integers labelled as a scale."""
     from quant.errors import CheckpointError
-    from quant.loader import plan_checkpoint
+    from quant.plan import plan_checkpoint
 
     base = bases["ltx-core"]
     key = next(k for k in base.entries if k.endswith("transformer_blocks.1.attn1.to_q.weight_scale"))
@@ -180,7 +180,7 @@ def test_huge_block_index_is_refused_quickly(bases, tmp_path):
     """The block count comes from the keys: `transformer_blocks.999999999.*` must not make the
     loader (or the host) build a billion blocks."""
     from quant.errors import CheckpointError
-    from quant.loader import plan_checkpoint
+    from quant.plan import plan_checkpoint
 
     base = bases["ltx-core"]
     old = next(k for k in base.entries if k.endswith("transformer_blocks.1.ff.net.2.bias"))
@@ -207,7 +207,7 @@ def test_config_num_layers_unlike_the_file_is_refused_before_the_host_builds(bas
     meta["config"] = json.dumps(cfg)
     path = tmp_path / "layers.safetensors"
     path.write_bytes(lf.serialize([(k, meta if k == "__metadata__" else v) for k, v in base.header.items()], base.data))
-    plan = pack.quant.loader.plan_checkpoint(str(path), "auto", device="cpu")
+    plan = pack.quant.plan.plan_checkpoint(str(path), "auto", device="cpu")
     with pytest.raises(pack.quant.errors.CheckpointError, match="num_layers = 48 but the file holds 2"):
         pack.bridge.host_model.build_model_patcher(
             plan, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
@@ -249,7 +249,7 @@ def _pickles(tmp_path: Path) -> dict[str, Path]:
 
 def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     from quant.errors import CheckpointError
-    from quant.loader import plan_checkpoint
+    from quant.plan import plan_checkpoint
 
     files = _pickles(tmp_path)
     for label, path in files.items():

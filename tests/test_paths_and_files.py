@@ -179,7 +179,7 @@ def test_loads_never_write_the_file(host, figures):
             p["6"] = rl.vram_report(["1", 0], ["4", 0], ["5", 0])
             host.run_prompt(p)
             runs += 1
-    from quant.loader import load
+    from quant.stream import load
 
     for name in names:
         for mode in MODES:
@@ -256,7 +256,8 @@ def test_file_replaced_between_plan_and_load_is_refused(tmp_path):
     """Inside one load: a file rewritten after its header was read is refused, not read with a
     header that no longer describes it."""
     from quant.errors import CheckpointError
-    from quant.loader import iter_load, plan_checkpoint
+    from quant.plan import plan_checkpoint
+    from quant.stream import iter_load
 
     path = tmp_path / "swap.safetensors"
     rl.write_checkpoint(path, rl.TINY, "ltx-core", seed=1)

@@ -1,4 +1,4 @@
-"""quant.loader.load on every fixture encoding x prefix x policy preset, plus per-row, [out, 1]
+"""quant.stream.load on every fixture encoding x prefix x policy preset, plus per-row, [out, 1]
 scales, transposed storage, gates kept full precision, other bf16 block sets, rules and options.
 
 For every layer of every load: the mode is what the policy says (expectations derived here from
@@ -25,8 +25,9 @@ if str(REPO) not in sys.path:
 from quant.device import DeviceCaps  # noqa: E402
 from quant.fp8 import FP8  # noqa: E402
 from quant.layer import QuantLayer  # noqa: E402
-from quant.loader import iter_load, load, plan_checkpoint  # noqa: E402
+from quant.plan import plan_checkpoint  # noqa: E402
 from quant.report import build_report  # noqa: E402
+from quant.stream import iter_load, load  # noqa: E402
 from tools import ltx2_fixture as LF  # noqa: E402
 
 SEED = 3

@@ -28,8 +28,8 @@ if str(REPO) not in sys.path:
 from quant.fp8 import FP8, dequantize, quantize  # noqa: E402
 from quant.layer import QuantLayer  # noqa: E402
 from quant.linear import QuantLinear  # noqa: E402
-from quant.loader import load  # noqa: E402
 from quant.report import build_report  # noqa: E402
+from quant.stream import load  # noqa: E402
 from tools import ltx2_fixture as LF  # noqa: E402
 
 SEED = 7

@@ -25,8 +25,9 @@ from quant.errors import CheckpointError  # noqa: E402
 from quant.fp8 import quantize  # noqa: E402
 from quant.layer import QuantLayer  # noqa: E402
 from quant.linear import QuantLinear  # noqa: E402
-from quant.loader import iter_load, load, plan_checkpoint  # noqa: E402
+from quant.plan import plan_checkpoint  # noqa: E402
 from quant.policy import PolicyError  # noqa: E402
+from quant.stream import iter_load, load  # noqa: E402
 from tools import ltx2_fixture as LF  # noqa: E402
 
 SEED = 5

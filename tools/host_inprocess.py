@@ -22,7 +22,8 @@ HOST_AVAILABLE = os.path.isfile(os.path.join(HOST_DIR, "comfy", "model_detection
 HOST_SKIP_REASON = f"ComfyUI host not installed at {HOST_DIR} (run tools/bootstrap.sh, or set COMFYUI_DIR)"
 PACK_SUBMODULES = (
     "quant",
-    "quant.loader",
+    "quant.plan",
+    "quant.stream",
     "quant.policy",
     "quant.device",
     "bridge",
