@@ -97,7 +97,8 @@ def load_quant(spec: dict) -> dict:
         modes: dict[str, int] = {}
         for name, item in held.items():
             if isinstance(item, QuantLayer):
-                parts = [item.weight, item.scale, item.input_scale, item.bias]
+                codes = item.weight.codes if item.quantized else item.weight
+                parts = [codes, item.scale, item.input_scale, item.bias]
                 tensors += parts
                 modes[item.mode] = modes.get(item.mode, 0) + 1
                 lp = plan.layer(name)
@@ -111,7 +112,7 @@ def load_quant(spec: dict) -> dict:
                     theory += 4 if lp.input_scale is not None else 0
                 if lp.src.bias is not None:
                     theory += lp.src.bias.numel * dtype.itemsize
-                largest_held = max(largest_held, item.weight.numel() * item.weight.element_size())
+                largest_held = max(largest_held, codes.numel() * codes.element_size())
             else:
                 tensors.append(item)
                 info = plan.contents.tensors[name]
@@ -255,11 +256,11 @@ def load_bridge(spec: dict) -> dict:
     import torch
 
     plan_checkpoint = pack.quant.plan.plan_checkpoint
-    build = pack.bridge.host_model.build_model_patcher
+    build, host_plan = pack.bridge.host_model.build_model_patcher, pack.bridge.host_model.host_plan
 
     def run():
-        plan = plan_checkpoint(spec["file"], spec["policy"])
-        return plan, build(plan, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+        prepared = host_plan(plan_checkpoint(spec["file"], spec["policy"]), torch.device("cpu"))
+        return prepared.plan, build(prepared, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
     def after(plan, patcher):
         out = _host_resident(patcher.model.diffusion_model)

@@ -9,14 +9,14 @@ that change storage allocate: fp8 -> bf16 (dequantize) and full precision -> fp8
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import torch
 
 from ..quant.device import DeviceCaps
-from ..quant.fp8 import dequantize, quantize
+from ..quant.fp8 import Fp8Weight
 from ..quant.layer import QuantLayer
-from ..quant.linear import kernel_accepts
-from ..quant.ltx2_shapes import is_sensitive
+from ..quant.modes import decide_mode
 from ..quant.policy import Policy
 from . import model_view
 from .host_linear import QuantHostLinear
@@ -34,19 +34,9 @@ def _current(module, weight) -> QuantLayer:
     host Linear's weight as full precision."""
     bias = None if module.bias is None else _plain(module.bias.data)
     if isinstance(module, QuantHostLinear) and module.weight_scale is not None:
-        return QuantLayer(
-            "", weight.data, module.weight_scale, module.input_scale, bias, module.quant_mode, module.quant_source
-        )
-    return QuantLayer("", _plain(weight.data), None, None, bias, "bf16", "full-precision")
-
-
-def target_mode(policy: Policy, name: str, stored_fp8: bool, caps: DeviceCaps, out_in) -> tuple[str, str]:
-    mode = policy.mode_for(name, stored_fp8, is_sensitive(name), caps.fp8_gemm_fast)
-    if mode == "scaled-mm" and not kernel_accepts(*out_in):
-        return "fp8-cast", "dims not multiple of 16"
-    if mode == "scaled-mm" and not caps.fp8_gemm:
-        return "fp8-cast", f"no fp8 GEMM on {caps.name}"
-    return mode, ""
+        fp8 = Fp8Weight(weight.data, module.weight_scale, module.input_scale)
+        return QuantLayer("", fp8, bias, module.quant_mode, module.quant_source)
+    return QuantLayer("", _plain(weight.data), bias, "bf16", "full-precision")
 
 
 def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static", backend="torch", per_row_quant=False):
@@ -58,22 +48,20 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
     counts, changed, allocated, notes = Counter(), Counter(), 0, []
     for name, module in model_view.linears(patcher).items():
         layer = _current(module, model_view.original_weight(patcher, name, module))
-        mode, note = target_mode(policy, name, layer.quantized, caps, (layer.out_features, layer.in_features))
+        decision = decide_mode(policy, name, (layer.out_features, layer.in_features), layer.quantized, caps)
+        mode = decision.mode
         counts[mode] += 1
-        if note:
-            notes.append(f"{name}: {note}")
+        if decision.fallback:
+            notes.append(f"{name}: {decision.message}")
         if mode == layer.mode and (mode == "bf16" or (module.activation, module.backend) == (activation, backend)):
             continue  # already runs as asked: keep the module (and any LoRA state) as it is
         if mode == "bf16" and layer.quantized:
-            new = QuantLayer(
-                name, dequantize(layer.weight, layer.scale, full_dtype), None, None, layer.bias, "bf16", layer.source
-            )
+            new = QuantLayer(name, layer.weight.dequantize(full_dtype), layer.bias, "bf16", layer.source)
             allocated += new.weight_bytes()
         elif layer.quantized:
-            new = QuantLayer(name, layer.weight, layer.scale, layer.input_scale, layer.bias, mode, layer.source)
+            new = replace(layer, name=name, mode=mode)  # shares the codes and scales
         else:
-            codes, scale = quantize(layer.weight, per_row=per_row_quant)
-            new = QuantLayer(name, codes, scale, None, layer.bias, mode, layer.source)
+            new = QuantLayer(name, Fp8Weight.quantize(layer.weight, per_row_quant), layer.bias, mode, layer.source)
             allocated += new.weight_bytes()
         replacement = ops.Linear.from_layer(new, activation, backend)
         setattr(replacement, model_view.PATCH_FLAG, True)

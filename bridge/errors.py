@@ -8,7 +8,7 @@ import gc
 import comfy.model_management
 import torch
 
-from ..quant.ltx2_shapes import is_sensitive
+from ..quant.modes import decide_mode
 from ..quant.policy import Policy
 from ..quant.report import layer_weight_bytes, other_tensor_bytes
 
@@ -53,15 +53,7 @@ def weight_bytes_by_preset(plan) -> dict[str, int]:
     for preset in _OOM_PRESETS:
         policy = Policy(preset)
         out[preset] = other + sum(
-            layer_bytes(
-                lp,
-                policy.mode_for(
-                    lp.name,
-                    lp.src.stored_fp8 and lp.src.weight.dtype == "F8_E4M3",
-                    is_sensitive(lp.name),
-                    plan.caps.fp8_gemm_fast,
-                ),
-            )
+            layer_bytes(lp, decide_mode(policy, lp.name, lp.out_in, lp.stored_e4m3, plan.caps).mode)
             for lp in plan.layers
         )
     return out
@@ -116,8 +108,9 @@ def oom_message(what: str, e: BaseException, plan=None) -> str:
 
 @contextlib.contextmanager
 def node_error(what: str):
-    """Failed loads must leave nothing behind (issue 5): drop references, collect, empty caches,
-    then let the error reach the host, which reports it on the node and keeps serving.
+    """A failed load must leave nothing behind (no half-loaded model, no memory held): drop
+    references, collect, empty caches, then let the error reach the host, which reports it on the
+    node and keeps serving.
 
     Yields a dict: a node puts its `"plan"` there once planned, so that an out-of-memory error
     can say which modes would fit (estimated from the plan's shapes vs the memory available)."""

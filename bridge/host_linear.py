@@ -15,7 +15,7 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 
-from ..quant.fp8 import dequantize, quantize
+from ..quant.fp8 import Fp8Weight
 from ..quant.layer import QuantLayer
 from ..quant.linear import linear_forward
 
@@ -27,9 +27,14 @@ def _meta_param(shape, dtype):
 
 
 class QuantHostLinear(comfy.ops.manual_cast.Linear):
+    """The host's ModelPatcher sees what it sees on its own Linear: `weight` (a Parameter, here the
+    fp8 codes), `bias`, and the scales as buffers (`weight_scale`, `input_scale`), so they move with
+    the module and count in its state_dict and the host's module_size."""
+
     quant_mode = "bf16"
 
-    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+    # `device`: the host's ops constructor protocol; the weights are built on meta (see _meta_param).
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):  # noqa: ARG002
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features = in_features, out_features
         self.weight = _meta_param((out_features, in_features), dtype)
@@ -40,8 +45,10 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         self.activation = "static"
         self.backend = "torch"
         self.quant_source = "full-precision"
-        # (weakref to the weight Parameter a LoRA merge wrote, its fresh scale). The host's unpatch
-        # puts a new Parameter back, so the identity check below falls back to the file's scale.
+        # (weakref to the codes Parameter a LoRA merge wrote, their fresh scale). ComfyUI's
+        # ModelPatcher.unpatch_model puts the backup Parameter back: the identity check in fp8()
+        # then pairs the file's codes with the file's scale again. Only a weakref: the merged codes
+        # must not outlive the merge.
         self._merged = None
 
     # -- loading --------------------------------------------------------------------------------
@@ -51,10 +58,10 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
                 f"layer {layer.name}: [out, in] = {[layer.out_features, layer.in_features]} "
                 f"but the model wants {[self.out_features, self.in_features]}"
             )
-        self.weight = torch.nn.Parameter(layer.weight, requires_grad=False)
+        codes = layer.weight.codes if layer.quantized else layer.weight
+        self.weight = torch.nn.Parameter(codes, requires_grad=False)
         if layer.bias is not None:
             self.bias = torch.nn.Parameter(layer.bias, requires_grad=False)
-        # Buffers, so they move with the module and show in state_dict / module_size.
         self.weight_scale = layer.scale
         self.input_scale = layer.input_scale
         self.quant_mode = layer.mode
@@ -64,52 +71,47 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         self._merged = None
         return self
 
-    def to_layer(self, name: str) -> QuantLayer:
-        """The canonical layer this module holds (shares its tensors)."""
-        return QuantLayer(
-            name,
-            self.weight.data,
-            self.current_scale(),
-            self.input_scale,
-            None if self.bias is None else self.bias.data,
-            self.quant_mode,
-            self.quant_source,
-        )
-
     @classmethod
     def from_layer(cls, layer: QuantLayer, activation="static", backend="torch") -> QuantHostLinear:
         m = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype)
         return m.set_layer(layer, activation, backend)
 
-    def current_scale(self):
+    def fp8(self) -> Fp8Weight | None:
+        """The fp8 weight this module computes with now (None when it holds full precision): the
+        codes Parameter in place with their scale, the merged one while a LoRA merge is in place."""
+        if self.weight_scale is None:
+            return None
+        scale = self.weight_scale
         if self._merged is not None and self._merged[0]() is self.weight:
-            return self._merged[1]
-        return self.weight_scale
+            scale = self._merged[1]
+        return Fp8Weight(self.weight, scale, self.input_scale)
 
     # -- the host's LoRA protocol -----------------------------------------------------------------
-    def convert_weight(self, weight, inplace=False, **kwargs):
+    def convert_weight(self, weight, inplace=False, **_host_kwargs):
         """Dequantize for patching: the host hands us `weight` already upcast (codes as floats)."""
-        scale = self.current_scale()
-        if scale is None:
+        fp8 = self.fp8()
+        if fp8 is None:
             return weight
-        s = scale.to(device=weight.device, dtype=weight.dtype)
-        return (
-            weight.mul_(s[:, None] if s.dim() == 1 else s) if inplace else weight * (s[:, None] if s.dim() == 1 else s)
-        )
+        scale = fp8.scale_like(weight)
+        return weight.mul_(scale) if inplace else weight * scale
 
-    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+    # The host also passes `inplace_update` and `seed` (for its stochastic rounding): a re-quantized
+    # weight is always a new Parameter, and amax scaling is deterministic.
+    def set_weight(self, weight, return_weight=False, **_host_kwargs):
         """Re-quantize a patched full-precision weight with a fresh amax scale; keep input_scale."""
-        if self.weight_scale is None:
+        fp8 = self.fp8()
+        if fp8 is None:
             out = weight.to(self.weight.dtype)
             if return_weight:
                 return out
             self.weight = torch.nn.Parameter(out, requires_grad=False)
             return None
-        codes, scale = quantize(weight, per_row=self.weight_scale.dim() == 1)
+        merged = fp8.requantize(weight)
         if return_weight:
-            return dequantize(codes, scale, weight.dtype)
-        self.weight = torch.nn.Parameter(codes.to(self.weight.device), requires_grad=False)
-        self._merged = (weakref.ref(self.weight), scale.to(self.weight.device))
+            return merged.dequantize(weight.dtype)
+        merged = merged.to(self.weight.device)
+        self.weight = torch.nn.Parameter(merged.codes, requires_grad=False)
+        self._merged = (weakref.ref(self.weight), merged.scale)
         return None
 
     # -- forward --------------------------------------------------------------------------------
@@ -119,27 +121,19 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         comfy.ops.run_every_op()
         dev = x.device
         nb = comfy.model_management.device_supports_non_blocking(dev)
-        weight = self.weight.to(dev, non_blocking=nb)
+        weight = self.fp8().to(dev, non_blocking=nb)
         bias = None if self.bias is None else self.bias.to(dev, non_blocking=nb)
-        scale = self.current_scale().to(dev, non_blocking=nb)
         if self.bias_function:
             bias = bias.to(x.dtype)
             for f in self.bias_function:
                 bias = f(bias)
         if self.weight_function:
             # lowvram LoRA patches work on the true (dequantized) weight, then fp8-cast math.
-            w = dequantize(weight, scale, x.dtype)
+            w = weight.dequantize(x.dtype)
             for f in self.weight_function:
                 w = f(w)
             return F.linear(x, w, None if bias is None else bias.to(x.dtype))
-        input_scale = None if self.input_scale is None else self.input_scale.to(dev, non_blocking=nb)
-        return linear_forward(x, weight, bias, scale, input_scale, self.quant_mode, self.activation, self.backend)
+        return linear_forward(x, weight, bias, self.quant_mode, self.activation, self.backend)
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, mode={self.quant_mode}, weight={self.weight.dtype}"
-
-
-class QuantOps(comfy.ops.manual_cast):
-    """`model_options["custom_operations"]`: the host's ops with our Linear."""
-
-    Linear = QuantHostLinear

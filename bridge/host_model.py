@@ -1,7 +1,8 @@
 """Build the host's own LTXAV model (ModelPatcher) from a `LoadPlan`, streaming the file.
 
 The host's `load_diffusion_model_state_dict` needs the whole state dict in memory and drops the
-scales of ltx-core files (shared/reference/ltx2-checkpoints.md). We reuse its pieces instead: its
+scales of ltx-core files (it logs `weight_scale` / `input_scale` as unexpected keys and loads the
+codes as if they were the weights). We reuse its pieces instead: its
 detection (`model_config_from_unet`) on a meta-tensor state dict, its dtype choice, its LTXAV model
 class with our Linear as `custom_operations`, and its ModelPatcher. The weights then arrive one
 tensor at a time from `quant.stream.iter_load`.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import gc
-import logging
+from dataclasses import dataclass, replace
 
 import comfy.model_detection
 import comfy.model_management
@@ -22,12 +23,9 @@ import torch
 
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
-from ..quant.ltx2_shapes import count_blocks
-from ..quant.plan import LoadPlan, config_problem
+from ..quant.plan import LoadPlan
 from ..quant.stream import iter_load
 from .host_linear import QuantHostLinear
-
-log = logging.getLogger("ltx_fp8")
 
 
 @functools.cache
@@ -59,7 +57,7 @@ def meta_state_dict(plan: LoadPlan) -> dict[str, torch.Tensor]:
 def detect(plan: LoadPlan, load_device):
     """The host's model config for this file, and its weight / compute dtypes on `load_device`."""
     sd = meta_state_dict(plan)
-    _check_config(plan, sd)
+    _check_config(plan)
     try:
         model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=plan.index.metadata)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
@@ -85,21 +83,20 @@ def detect(plan: LoadPlan, load_device):
     return model_config, weight_dtype, manual
 
 
-def _check_config(plan: LoadPlan, sd: dict) -> None:
+def _check_config(plan: LoadPlan) -> None:
     """The host builds the model from the header's `config["transformer"]` (it overrides even the
     block count it reads from the keys): a config that is not an object of sane sizes, or whose
-    num_layers differs from the file's blocks, is refused before the host allocates anything."""
-    if "config" not in plan.index.metadata:
+    num_layers differs from the file's blocks, is refused before the host allocates anything.
+    The planner parsed and checked the config once (`plan.config`); this decides what it means
+    for the host."""
+    config = plan.config
+    if config is None or not config.present:
         return
-    cfg = plan.index.json_metadata("config")
-    transformer = cfg.get("transformer", {}) if isinstance(cfg, dict) else None
-    if not isinstance(transformer, dict):
+    if config.transformer is None:
         raise CheckpointError("header config is not a JSON object with a 'transformer' object", file=plan.path)
-    blocks = count_blocks(sd)
-    problem = config_problem(transformer, blocks, len(plan.index.tensors))
-    if problem:
-        raise CheckpointError(f"header config['transformer'] cannot size the model: {problem}", file=plan.path)
-    n = transformer.get("num_layers")
+    if config.problem:
+        raise CheckpointError(f"header config['transformer'] cannot size the model: {config.problem}", file=plan.path)
+    n, blocks = config.transformer.get("num_layers"), config.blocks
     if n is not None and n != blocks:
         raise CheckpointError(
             f"header config['transformer'] says num_layers = {n} but the file holds {blocks} transformer blocks",
@@ -170,15 +167,31 @@ def _check_skeleton(plan: LoadPlan, dm: torch.nn.Module) -> dict[str, QuantHostL
     return linears
 
 
-def build_model_patcher(plan: LoadPlan, load_device=None, offload_device=None):
+@dataclass(frozen=True)
+class HostPlan:
+    """A plan with what the host decided for it on a load device: its model config, and `plan`
+    derived with the host's weight dtype as compute dtype (bf16-mode layers and the other tensors
+    are held in it; the load report and the memory estimate read it from there)."""
+
+    plan: LoadPlan
+    model_config: object
+    manual_cast: torch.dtype | None
+
+
+def host_plan(plan: LoadPlan, load_device) -> HostPlan:
+    model_config, weight_dtype, manual = detect(plan, load_device)
+    return HostPlan(replace(plan, compute_dtype=weight_dtype), model_config, manual)
+
+
+def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_device=None):
     """The host's LTXAV ModelPatcher with every layer as the plan says. All or nothing: on any
-    error the partly built model is dropped before the error propagates (issue 5: no half-loaded
-    model is ever cached)."""
+    error the partly built model is dropped before the error propagates, so no half-loaded model
+    is ever cached by the host."""
     load_device = load_device or comfy.model_management.get_torch_device()
     offload_device = offload_device or comfy.model_management.unet_offload_device()
-    model_config, weight_dtype, manual = detect(plan, load_device)
-    plan.compute_dtype = weight_dtype  # bf16-mode layers are stored in the host's weight dtype
-    model_config.custom_operations = make_ops(manual is not None)
+    hp = plan if isinstance(plan, HostPlan) else host_plan(plan, load_device)
+    plan, model_config, weight_dtype = hp.plan, hp.model_config, hp.plan.compute_dtype
+    model_config.custom_operations = make_ops(hp.manual_cast is not None)
     model = dm = linears = target = item = patcher = None
     try:
         model = model_config.get_model({}, "")

@@ -10,7 +10,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..bridge.errors import node_error
-from ..bridge.host_model import build_model_patcher
+from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
 from ..quant.report import build_report, format_text
@@ -78,10 +78,12 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             path = resolve_checkpoint(ckpt_name)
             pol = read_policy(policy, rules)
             device = comfy.model_management.get_torch_device()
-            plan = ctx["plan"] = plan_checkpoint(
+            ctx["plan"] = plan_checkpoint(
                 path, pol, device=device_caps(device), activation=activation_scale, backend=backend
             )
-            patcher = build_model_patcher(plan, load_device=device)
+            prepared = host_plan(ctx["plan"], device)  # the plan in the host's weight dtype
+            plan = ctx["plan"] = prepared.plan
+            patcher = build_model_patcher(prepared, load_device=device)
             report = build_report(plan)
             patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
         log.info(report["summary"])

@@ -1,11 +1,14 @@
 """fp8 e4m3 numerics: quantize, dequantize, and the checks a scale must pass.
 
-The true weight of an fp8 layer is `codes.float() * scale` (per-row: `scale[:, None]`). Dropping the
-scale gives weights ~770x too large (ltx-core PR #172); folding it in and re-casting to fp8 without a
-scale doubles the error (upstream's later fp8-cast fix). So codes and scale always travel together.
+The true weight of an fp8 layer is `codes.float() * scale` (per-row: one scale per output row).
+Dropping the scale gives weights ~770x too large (Lightricks/LTX-2 PR #172); folding it in and
+re-casting to fp8 without a scale doubles the error (upstream's later fp8-cast fix). So codes and
+scale always travel together, as one `Fp8Weight`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -33,7 +36,8 @@ def amax_scale(weight: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     return (amax.float() / E4M3_MAX).clamp_min(_MIN_SCALE).to(torch.float32)
 
 
-def _broadcast(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _rows(scale: torch.Tensor) -> torch.Tensor:
+    """The scale shaped to broadcast over `[out, in]`: a per-row `[out]` scale becomes `[out, 1]`."""
     return scale[:, None] if scale.dim() == 1 else scale
 
 
@@ -44,7 +48,7 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: b
     """
     if scale is None:
         scale = amax_scale(weight, per_row)
-    w = weight.to(torch.float32, copy=True).div_(_broadcast(scale, weight))  # one fp32 copy, not two
+    w = weight.to(torch.float32, copy=True).div_(_rows(scale))  # one fp32 copy, not two
     codes = w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
     return codes, scale
 
@@ -52,7 +56,67 @@ def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: b
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`codes * scale` in `dtype`. The product is formed in fp32 before the final cast, so a bf16
     compute dtype rounds once, not twice."""
-    return codes.to(torch.float32, copy=True).mul_(_broadcast(scale.float(), codes)).to(dtype)
+    return codes.to(torch.float32, copy=True).mul_(_rows(scale.float())).to(dtype)
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """An fp8 weight as one value: e4m3 codes `[out, in]`, their fp32 scale (`[]` per tensor or
+    `[out]` per row) and the file's optional static activation scale (`input_scale`, scaled-mm)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    input_scale: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.codes.dtype != FP8 or self.codes.dim() != 2:
+            raise ValueError(f"fp8 codes must be {FP8} [out, in], not {self.codes.dtype}{list(self.codes.shape)}")
+        if not (self.scale.dim() == 0 or tuple(self.scale.shape) == (self.codes.shape[0],)):
+            raise ValueError(
+                f"fp8 scale must be [] or [{self.codes.shape[0]}], not {list(self.scale.shape)} "
+                f"(codes {list(self.codes.shape)})"
+            )
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, per_row: bool = False, input_scale=None) -> Fp8Weight:
+        """`weight` as e4m3 codes with a fresh amax scale (per tensor, or one per row)."""
+        return cls(*quantize(weight, per_row=per_row), input_scale)
+
+    @property
+    def per_row(self) -> bool:
+        return self.scale.dim() == 1
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.codes.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the codes and both scales."""
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scale, self.input_scale) if t is not None)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The true weight in `dtype` (the product formed in fp32: one rounding into `dtype`)."""
+        return dequantize(self.codes, self.scale, dtype)
+
+    def scale_like(self, t: torch.Tensor) -> torch.Tensor:
+        """The scale in `t`'s dtype and device, shaped to multiply a `[out, in]` tensor."""
+        return _rows(self.scale.to(device=t.device, dtype=t.dtype))
+
+    def requantize(self, weight: torch.Tensor) -> Fp8Weight:
+        """A new full-precision `weight` (e.g. a LoRA merged in) as fp8 with a fresh amax scale of
+        this weight's granularity; the static activation scale is kept (the inputs did not change)."""
+        return Fp8Weight.quantize(weight, self.per_row, self.input_scale)
+
+    def to(self, device, non_blocking: bool = False) -> Fp8Weight:
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Fp8Weight(move(self.codes), move(self.scale), move(self.input_scale))
 
 
 def check_scale(scale: torch.Tensor, rows: int, layer: str, file: str | None, key: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import gemm_fp8, resolve_backend
-from .fp8 import E4M3_MAX, FP8
+from .fp8 import E4M3_MAX, FP8, Fp8Weight
 from .layer import QuantLayer
 
 ACTIVATION_SCALES = ("static", "dynamic")
@@ -18,16 +18,16 @@ ACTIVATION_SCALES = ("static", "dynamic")
 _MIN_ACT_SCALE = 1e-12
 
 
-def fp8_cast_forward(x, codes, scale, bias):
+def fp8_cast_forward(x, weight: Fp8Weight, bias):
     """fp8 storage, upcast at compute: `F.linear(x, codes * scale)` in x's dtype.
 
     Codes are exact in bf16/fp16/fp32; the scale and the product each round in x's dtype (within
     two roundings of the compute dtype, measured 0.0026 vs 0.0023 output error in bf16). Forming
     the product in fp32 instead would cost a weight-sized fp32 temporary per layer per step.
     """
-    s = scale.to(x.dtype)
     # In place on the fresh copy: one weight-sized temporary per call, not two.
-    w = codes.to(x.dtype, copy=True).mul_(s[:, None] if s.dim() == 1 else s)
+    w = weight.codes.to(x.dtype, copy=True)
+    w.mul_(weight.scale_like(w))
     return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
 
 
@@ -40,37 +40,32 @@ def activation_scale(x2d: torch.Tensor, input_scale: torch.Tensor | None, activa
 
 def quantize_activation(x2d: torch.Tensor, a_scale: torch.Tensor) -> torch.Tensor:
     # The clamp is what keeps a static scale safe: without it, activations past 448 * input_scale
-    # cast to NaN and the video goes black (ltx-2 reference notes).
+    # cast to NaN (e4m3fn has no inf) and the video goes black.
     return (x2d / a_scale.to(x2d.dtype)).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
 
 
-def scaled_mm_forward(x, codes, scale, input_scale, bias, activation="static", backend="torch"):
+def scaled_mm_forward(x, weight: Fp8Weight, bias, activation="static", backend="torch"):
     """fp8 x fp8 GEMM through `torch._scaled_mm` (or TensorRT-LLM), output in x's dtype."""
     shape = x.shape
     x2d = x.reshape(-1, shape[-1])
-    a_scale = activation_scale(x2d, input_scale, activation)
+    a_scale = activation_scale(x2d, weight.input_scale, activation)
     # The activation is divided by the scale in x's dtype: hand the GEMM exactly that value (an
     # fp32 scale there would bias every output by the scale's rounding, up to 2^-9 in bf16), and
     # never one that rounds to 0 there (fp16: 0 / 0 gives NaN on an all-zero input).
     a_scale = a_scale.to(x2d.dtype).clamp_min(torch.finfo(x2d.dtype).tiny).float()
     xq = quantize_activation(x2d, a_scale)
-    b_scale = scale.to(device=x.device, dtype=torch.float32)
-    out = gemm_fp8(xq, codes, a_scale, b_scale, bias, x.dtype, backend)
-    return out.reshape(*shape[:-1], codes.shape[0])
+    b_scale = weight.scale.to(device=x.device, dtype=torch.float32)
+    out = gemm_fp8(xq, weight.codes, a_scale, b_scale, bias, x.dtype, backend)
+    return out.reshape(*shape[:-1], weight.codes.shape[0])
 
 
-def linear_forward(x, weight, bias, scale, input_scale, mode, activation="static", backend="torch"):
+def linear_forward(x, weight: Fp8Weight | torch.Tensor, bias, mode, activation="static", backend="torch"):
     """Dispatch on mode; all tensors already on x's device."""
     if mode == "scaled-mm":
-        return scaled_mm_forward(x, weight, scale, input_scale, bias, activation, backend)
+        return scaled_mm_forward(x, weight, bias, activation, backend)
     if mode == "fp8-cast":
-        return fp8_cast_forward(x, weight, scale, bias)
+        return fp8_cast_forward(x, weight, bias)
     return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
-
-
-def kernel_accepts(out_features: int, in_features: int) -> bool:
-    """cuBLAS fp8 GEMM needs K and N multiples of 16 (LTX's 32-wide gate layers fail this)."""
-    return out_features % 16 == 0 and in_features % 16 == 0
 
 
 class QuantLinear(torch.nn.Module):
@@ -85,15 +80,16 @@ class QuantLinear(torch.nn.Module):
         self.mode = layer.mode
         self.activation = activation
         self.backend = resolve_backend(backend) if layer.mode == "scaled-mm" else "torch"
-        self.weight = torch.nn.Parameter(layer.weight, requires_grad=False)
+        codes = layer.weight.codes if layer.quantized else layer.weight
+        self.weight = torch.nn.Parameter(codes, requires_grad=False)
         self.bias = None if layer.bias is None else torch.nn.Parameter(layer.bias, requires_grad=False)
+        # Buffers, so the scales move with the module and count in its state_dict.
         self.register_buffer("weight_scale", layer.scale)
         self.register_buffer("input_scale", layer.input_scale)
 
     def forward(self, x):
-        return linear_forward(
-            x, self.weight, self.bias, self.weight_scale, self.input_scale, self.mode, self.activation, self.backend
-        )
+        w = self.weight if self.weight_scale is None else Fp8Weight(self.weight, self.weight_scale, self.input_scale)
+        return linear_forward(x, w, self.bias, self.mode, self.activation, self.backend)
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, mode={self.mode}, weight={self.weight.dtype}"

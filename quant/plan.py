@@ -8,6 +8,7 @@ weights the plan describes.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,27 +21,54 @@ from .encodings import FULL_DTYPES, FileContents, LayerSource, classify, detect_
 from .errors import CheckpointError
 from .fp8 import check_input_scale, check_scale
 from .layout import IN_OUT, LayoutDecision, decide_layout
-from .linear import ACTIVATION_SCALES, kernel_accepts
-from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, is_sensitive, resolved_config
+from .linear import ACTIVATION_SCALES
+from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, resolved_config
+from .modes import Fallback, ModeDecision, decide_mode, fallback_warning
 from .policy import Policy
 from .safetensors_header import HeaderIndex, read_header, read_tensor
 
 log = logging.getLogger("ltx_fp8")
 
 
-@dataclass
+class Conversion(enum.Enum):
+    """What the load does to a layer's stored weight on its way to its mode, besides reading it."""
+
+    QUANTIZE = "quantize"  # full precision -> e4m3 codes with an amax/448 scale
+    E5M2_TO_E4M3 = "e5m2-to-e4m3"  # e5m2 codes dequantized, then quantized as e4m3
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     src: LayerSource
-    mode: str  # final mode, after fallbacks
-    requested: str  # what the policy asked for
+    decision: ModeDecision  # the mode, what the policy asked for, and why they differ
     transposed: bool  # stored [in, out]; transposed to [out, in] at load
     scale: torch.Tensor | None  # validated fp32 scale ([] or [out]), None for full precision
     input_scale: torch.Tensor | None
-    note: str = ""  # why mode != requested, or what happens at load
+    conversion: Conversion | None = None
 
     @property
     def name(self) -> str:
         return self.src.name
+
+    @property
+    def mode(self) -> str:
+        return self.decision.mode
+
+    @property
+    def requested(self) -> str:
+        return self.decision.requested
+
+    @property
+    def fallback(self) -> Fallback | None:
+        return self.decision.fallback
+
+    @property
+    def note(self) -> str:
+        return layer_note(self)
+
+    @property
+    def stored_e4m3(self) -> bool:
+        return _stored_e4m3(self.src)
 
     @property
     def out_in(self) -> tuple[int, int]:
@@ -52,7 +80,41 @@ class LayerPlan:
         return self.mode != "bf16"
 
 
-@dataclass
+def _stored_e4m3(src: LayerSource) -> bool:
+    """e4m3 codes with their scale: what `auto` keeps as fp8 (e5m2 codes are re-quantized)."""
+    return src.stored_fp8 and src.weight.dtype == "F8_E4M3"
+
+
+_CONVERSION_NOTES = {
+    Conversion.QUANTIZE: "quantized at load (amax/448)",
+    Conversion.E5M2_TO_E4M3: "e5m2 codes re-quantized to e4m3 at load",
+}
+
+
+def layer_note(lp: LayerPlan) -> str:
+    """The load report's note on a layer: why it does not run as asked, else what the load converts
+    (empty when neither)."""
+    if lp.decision.fallback is not None:
+        return lp.decision.message
+    return _CONVERSION_NOTES[lp.conversion] if lp.conversion else ""
+
+
+@dataclass(frozen=True)
+class HeaderConfig:
+    """The header's `config`, parsed and checked once. The planner sizes the linears from its
+    `transformer` object; the bridge refuses a config the host would build a wrong model from (the
+    host builds from `config["transformer"]`, overriding even the block count of the keys)."""
+
+    present: bool  # the header has a `config` entry
+    transformer: dict | None  # config["transformer"] ({} if config has none); None: config or it not an object
+    declared: bool  # config names a transformer object (the planner sizes the linears from it)
+    blocks: int  # transformer blocks the file's keys name
+    problem: str | None  # why `transformer` cannot size the model (config_problem), None if it can
+
+
+# The plan is read by the streaming side and the bridge, never changed: a caller wanting another
+# compute dtype derives a new plan (dataclasses.replace).
+@dataclass(frozen=True)
 class LoadPlan:
     path: str
     index: HeaderIndex
@@ -69,6 +131,7 @@ class LoadPlan:
     # (device, inode, size, mtime_ns) of the file when planned: iter_load refuses a file replaced
     # or rewritten since, whose header would no longer describe its bytes.
     file_identity: tuple | None = None
+    config: HeaderConfig | None = None
 
     def layer(self, name: str) -> LayerPlan:
         return next(lp for lp in self.layers if lp.name == name)
@@ -94,13 +157,14 @@ def plan_checkpoint(
     caps = device if isinstance(device, DeviceCaps) else device_caps(device)
     index = index or read_header(path)
     _refuse_trailing_bytes(index)
+    config = read_config(index)
     config_warnings: list[str] = []
     if linear_shapes is None:
         # The header's config names every linear of the model: classify against it, so that a key
         # the model does not have is reported as unexpected, not mistaken for a layer.
-        linear_shapes = _config_shapes(index, config_warnings)
+        linear_shapes = _config_shapes(config, index, config_warnings)
     with open(path, "rb") as f:
-        identity = _file_identity(f, path)
+        identity = identify_file(f)
         if identity[2] != index.file_size:
             raise CheckpointError(
                 f"the file changed on disk while it was being planned ({index.file_size} "
@@ -132,31 +196,43 @@ def plan_checkpoint(
         per_row_quant,
         warnings,
         identity,
+        config,
     )
 
 
-def _file_identity(f, path: str) -> tuple:
+def identify_file(f) -> tuple:
+    """(device, inode, size, mtime_ns) of an open file."""
     st = os.fstat(f.fileno())
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _config_shapes(index: HeaderIndex, warnings: list[str]):
-    """`[out, in]` of every linear from the header's `config["transformer"]`, with the block count
-    taken from the keys (as the host's detection does); None without a usable config."""
+def read_config(index: HeaderIndex) -> HeaderConfig:
+    """The header's `config` with the block count of the keys and `config_problem`'s verdict."""
     cfg = index.json_metadata("config")
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("transformer"), dict):
-        return None
+    transformer = cfg.get("transformer", {}) if isinstance(cfg, dict) else None
+    transformer = transformer if isinstance(transformer, dict) else None
     prefix = detect_prefix(index.tensors)
     blocks = count_blocks(k[len(prefix) :] for k in index.tensors if k.startswith(prefix))
-    problem = config_problem(cfg["transformer"], blocks, len(index.tensors))
+    problem = None if transformer is None else config_problem(transformer, blocks, len(index.tensors))
+    declared = isinstance(cfg, dict) and isinstance(cfg.get("transformer"), dict)
+    return HeaderConfig("config" in index.metadata, transformer, declared, blocks, problem)
+
+
+def _config_shapes(config: HeaderConfig, index: HeaderIndex, warnings: list[str]):
+    """`[out, in]` of every linear from the header's `config["transformer"]`, with the block count
+    taken from the keys (as the host's detection does); None without a usable config."""
+    if not config.declared:
+        return None
+    blocks, problem = config.blocks, config.problem
     if problem:
         if blocks > len(index.tensors):
+            prefix = detect_prefix(index.tensors)
             key = next(k for k in index.tensors if k.startswith(prefix) and count_blocks([k[len(prefix) :]]) == blocks)
             raise CheckpointError(problem, file=index.path, tensor=key)
         warnings.append(f"header config['transformer'] not usable for shapes ({problem}); layout decided from biases")
         return None
     try:
-        return expected_linear_shapes(cfg["transformer"], num_layers=blocks or None)
+        return expected_linear_shapes(config.transformer, num_layers=blocks or None)
     except (KeyError, TypeError, ValueError) as e:
         warnings.append(f"header config['transformer'] not usable for shapes ({e}); layout decided from biases")
         return None
@@ -260,36 +336,22 @@ def _plan_layer(
             # Legacy scaled-fp8 files write scale_input = 1.0 to mean "no static scale".
             if not (src.encoding == "comfy-legacy" and raw.numel() == 1 and float(raw.float()) == 1.0):
                 input_scale = check_input_scale(raw, src.name, path, src.input_scale.name)
-    requested = policy.mode_for(
-        src.name, src.stored_fp8 and src.weight.dtype == "F8_E4M3", is_sensitive(src.name), caps.fp8_gemm_fast
-    )
-    mode, note = requested, ""
-    if mode == "scaled-mm" and not kernel_accepts(out_f, in_f):
-        mode, note = "fp8-cast", f"scaled-mm needs dims multiple of 16, got [{out_f}, {in_f}]"
-    elif mode == "scaled-mm" and not caps.fp8_gemm:
-        mode, note = "fp8-cast", f"{caps.name} has no fp8 GEMM (needs CUDA compute capability 8.9+)"
-    if mode != "bf16" and not src.stored_fp8:
-        note = note or "quantized at load (amax/448)"
-    elif mode != "bf16" and src.weight.dtype == "F8_E5M2":
-        note = note or "e5m2 codes re-quantized to e4m3 at load"
-    return LayerPlan(src, mode, requested, transposed, scale, input_scale, note)
+    decision = decide_mode(policy, src.name, (out_f, in_f), _stored_e4m3(src), caps)
+    conversion = None
+    if decision.mode != "bf16" and not src.stored_fp8:
+        conversion = Conversion.QUANTIZE
+    elif decision.mode != "bf16" and src.weight.dtype == "F8_E5M2":
+        conversion = Conversion.E5M2_TO_E4M3
+    return LayerPlan(src, decision, transposed, scale, input_scale, conversion)
 
 
 def _note_fallbacks(layers: list[LayerPlan], warnings: list[str], caps: DeviceCaps) -> None:
-    device_fallback = [
-        lp for lp in layers if lp.requested == "scaled-mm" and lp.mode == "fp8-cast" and "fp8 GEMM" in lp.note
-    ]
-    if device_fallback:
-        # One warning, not one per layer (issue 2: "falls back to fp8-cast with one warning").
-        msg = (
-            f"scaled-mm is not available on {caps.name}: {len(device_fallback)} layers run as "
-            f"fp8-cast instead (fp8 GEMM needs CUDA compute capability 8.9+)"
-        )
-        warnings.append(msg)
-        log.warning(msg)
-    kernel = [lp.name for lp in layers if lp.requested == "scaled-mm" and "multiple of 16" in lp.note]
-    if kernel:
-        warnings.append(
-            f"{len(kernel)} layers have dims not multiple of 16 and run as fp8-cast: "
-            f"{', '.join(kernel[:4])}{' ...' if len(kernel) > 4 else ''}"
-        )
+    """One warning per fallback reason, not one per layer: a device without fp8 GEMM falls back to
+    fp8-cast for every layer, which is worth one line in the log."""
+    for fallback in Fallback:
+        names = [lp.name for lp in layers if lp.fallback is fallback]
+        if names:
+            msg = fallback_warning(fallback, names, caps.name)
+            warnings.append(msg)
+            if fallback is Fallback.NO_FP8_GEMM:
+                log.warning(msg)

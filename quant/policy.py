@@ -69,24 +69,9 @@ class Policy:
         """This policy with the rules of a multiline text (the node's `rules` input) put first."""
         return Policy(self.preset, parse_rules(text) + self.rules)
 
-    # -- resolution ---------------------------------------------------------------------------
+    # -- resolution (quant/modes.decide_mode does the rest) --------------------------------------
     def rule_for(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.matches(name)), None)
-
-    def mode_for(self, name: str, stored_fp8: bool, sensitive: bool, fp8_gemm_fast: bool) -> str:
-        """The mode asked for `name`, before the kernel and device fallbacks of the planner.
-
-        `sensitive` layers (outside the transformer blocks: patchify, proj_out, adaln, connectors)
-        keep the file's storage unless a rule names them: the official files never quantize them.
-        """
-        best_fp8 = "scaled-mm" if fp8_gemm_fast else "fp8-cast"
-        rule = self.rule_for(name)
-        wanted = rule.mode if rule else self.preset
-        if rule is None and sensitive and wanted != "bf16":
-            wanted = "auto"
-        if wanted == "auto":
-            return best_fp8 if stored_fp8 else "bf16"
-        return wanted
 
 
 def parse_rules(text: str) -> tuple[Rule, ...]:

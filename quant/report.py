@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from .plan import LayerPlan, LoadPlan
+from .plan import LayerPlan, LoadPlan, layer_note
 
 _FILE_DTYPES = {
     "F8_E4M3": "float8_e4m3fn",
@@ -66,7 +66,7 @@ def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
         if lp.mode == "scaled-mm"
         else None,
         "bytes": layer_weight_bytes(lp, plan.compute_dtype, per_row_quant=plan.per_row_quant),
-        "note": lp.note,
+        "note": layer_note(lp),
     }
 
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import torch
 
 from .errors import CheckpointError
-from .fp8 import check_codes, check_finite, dequantize, quantize
+from .fp8 import Fp8Weight, check_codes, check_finite, dequantize, quantize
 from .layer import QuantLayer
-from .plan import LayerPlan, LoadPlan, _file_identity, plan_checkpoint
+from .plan import LayerPlan, LoadPlan, identify_file, plan_checkpoint
 from .policy import Policy
 from .safetensors_header import read_tensor
 
@@ -54,17 +54,10 @@ def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
                 f"layer {src.name}: weight holds NaN or inf, cannot quantize", file=path, tensor=src.weight.name
             )
         w, scale = quantize(w, per_row=plan.per_row_quant)
-    layer = QuantLayer(
-        src.name,
-        w.to(device),
-        None if scale is None else scale.to(device),
-        None if input_scale is None else input_scale.to(device),
-        None if bias is None else bias.to(device),
-        lp.mode,
-        src.encoding,
-        lp.transposed,
+    weight = w if scale is None else Fp8Weight(w, scale, input_scale)
+    return QuantLayer(
+        src.name, weight.to(device), None if bias is None else bias.to(device), lp.mode, src.encoding, lp.transposed
     )
-    return layer
 
 
 def iter_load(
@@ -76,7 +69,7 @@ def iter_load(
     items += [(info.begin, name, info) for name, info in plan.contents.tensors.items()]
     items.sort(key=lambda t: t[0])  # file order: sequential reads
     with open(plan.path, "rb") as f:
-        if plan.file_identity is not None and _file_identity(f, plan.path) != plan.file_identity:
+        if plan.file_identity is not None and identify_file(f) != plan.file_identity:
             raise CheckpointError(
                 "the file changed on disk since its load was planned (size, mtime or inode "
                 "differ); its header no longer describes its bytes, load it again",

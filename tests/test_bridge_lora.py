@@ -69,10 +69,10 @@ def test_lora_on_fp8_layer_requantizes_and_unpatch_restores(env):
     try:
         m = comfy.utils.get_attr(patched.model.diffusion_model, LAYER)
         assert m.weight.dtype == torch.float8_e4m3fn, "LoRA merge must re-quantize, not leave full precision"
-        assert not torch.equal(m.current_scale(), scale0), "a fresh scale is computed for the merged weight"
+        assert not torch.equal(m.fp8().scale, scale0), "a fresh scale is computed for the merged weight"
         assert torch.equal(m.input_scale, in_scale0), "input_scale is kept"
         truth = reference_tensor(cfg, LAYER + ".weight", SEED, torch.float32).double() + _lora_delta(lora)
-        eff = m.weight.double() * m.current_scale().double()
+        eff = m.weight.double() * m.fp8().scale.double()
         rel = float((eff - truth).norm() / truth.norm())
         # e4m3 floor: quantizing the file's weight (~0.026) then re-quantizing the merged one.
         assert rel < 0.06, rel
@@ -85,7 +85,7 @@ def test_lora_on_fp8_layer_requantizes_and_unpatch_restores(env):
         patched.unpatch_model(device_to=torch.device("cpu"))
     m = comfy.utils.get_attr(patcher.model.diffusion_model, LAYER)
     assert torch.equal(m.weight.view(torch.uint8), codes0.view(torch.uint8)), "codes restored bit for bit"
-    assert torch.equal(m.current_scale(), scale0), "the file's scale is back with the file's codes"
+    assert torch.equal(m.fp8().scale, scale0), "the file's scale is back with the file's codes"
 
 
 def test_apply_policy_leaves_input_model_unchanged_and_shares_fp8_codes(env):

@@ -252,8 +252,11 @@ def test_memory_estimates_are_what_a_load_holds(pack, oom_file):
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
     cpu = torch.device("cpu")
     for preset in ("bf16", "fp8-cast", "auto"):
-        p = pack.quant.plan.plan_checkpoint(str(oom_file), preset, device="cpu")
-        m = pack.bridge.host_model.build_model_patcher(p, load_device=cpu, offload_device=cpu)
+        prepared = pack.bridge.host_model.host_plan(
+            pack.quant.plan.plan_checkpoint(str(oom_file), preset, device="cpu"), cpu
+        )
+        p = prepared.plan  # in the dtype the host picks
+        m = pack.bridge.host_model.build_model_patcher(prepared, load_device=cpu, offload_device=cpu)
         real = pack.bridge.vram.model_stats(m, "x")["total_bytes"]
         est = errors.weight_bytes_by_preset(p)
         assert abs(est["requested"] - real) <= 0.01 * real, (preset, est, real)
@@ -266,7 +269,7 @@ def test_memory_estimates_are_what_a_load_holds(pack, oom_file):
 def test_out_of_memory_says_which_mode_would_fit(pack, monkeypatch, oom_file, kind, figures):
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
     plan = pack.quant.plan.plan_checkpoint(str(oom_file), "bf16", device="cpu")
-    plan.compute_dtype = pack.bridge.host_model.detect(plan, torch.device("cpu"))[1]  # as the build sets it
+    plan = pack.bridge.host_model.host_plan(plan, torch.device("cpu")).plan  # as the node loads it
     est = errors.weight_bytes_by_preset(plan)
     assert est["requested"] == est["bf16"] > 1.4 * est["fp8-cast"]
 

@@ -1,7 +1,8 @@
 """quant/policy.py: the policy string users save in workflows (preset + ordered glob rules).
 
 Round trips, first match wins, comments and blank lines, the `auto` rule mode, sensitive layers,
-and `mode_for` on a device with fast fp8 GEMM and without.
+and the mode each asks for (`quant.modes.decide_mode(...).requested`) on a device with fast fp8
+GEMM and without.
 """
 
 from __future__ import annotations
@@ -17,13 +18,21 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from quant.device import DeviceCaps  # noqa: E402
 from quant.ltx2_shapes import is_sensitive  # noqa: E402
+from quant.modes import decide_mode  # noqa: E402
 from quant.policy import PRESETS, RULE_MODES, Policy, PolicyError, Rule, parse_rules  # noqa: E402
 
 Q = "transformer_blocks.1.attn1.to_q"
 FF = "transformer_blocks.1.ff.net.0.proj"
 GATE = "transformer_blocks.1.attn1.to_gate_logits"
 B0 = "transformer_blocks.0.attn1.to_q"
+
+
+def mode_for(policy: Policy, name: str, stored_fp8: bool, fast: bool) -> str:
+    """The mode `policy` asks for `name` (sensitive or not by its name), before any fallback."""
+    caps = DeviceCaps("test", fp8_gemm=fast, fp8_gemm_fast=fast)
+    return decide_mode(policy, name, (64, 64), stored_fp8, caps).requested
 
 
 # -- text forms ---------------------------------------------------------------------------------
@@ -109,8 +118,8 @@ def test_with_rules_puts_node_rules_first():
     base = Policy("fp8-cast", (Rule("transformer_blocks.*", "scaled-mm"),))
     p = base.with_rules("transformer_blocks.1.*=bf16\n# comment\n")
     assert p.rules == (Rule("transformer_blocks.1.*", "bf16"), Rule("transformer_blocks.*", "scaled-mm"))
-    assert p.mode_for(Q, True, False, True) == "bf16"
-    assert p.mode_for(B0, True, False, True) == "scaled-mm"
+    assert mode_for(p, Q, True, True) == "bf16"
+    assert mode_for(p, B0, True, True) == "scaled-mm"
     assert base.with_rules("") == base
 
 
@@ -153,20 +162,20 @@ def test_bad_rule_lines_name_line_number_and_text():
 
 def test_first_match_wins():
     p = Policy.from_string("fp8-cast; transformer_blocks.1.attn1.*=bf16; transformer_blocks.1.*=scaled-mm")
-    assert p.mode_for(Q, True, False, True) == "bf16"
-    assert p.mode_for(FF, True, False, True) == "scaled-mm"
-    assert p.mode_for(B0, True, False, True) == "fp8-cast"  # no rule: the preset
+    assert mode_for(p, Q, True, True) == "bf16"
+    assert mode_for(p, FF, True, True) == "scaled-mm"
+    assert mode_for(p, B0, True, True) == "fp8-cast"  # no rule: the preset
     assert p.rule_for(Q) == Rule("transformer_blocks.1.attn1.*", "bf16")
     # The same rules in the other order: the broad one shadows the narrow one.
     r = Policy.from_string("fp8-cast; transformer_blocks.1.*=scaled-mm; transformer_blocks.1.attn1.*=bf16")
-    assert r.mode_for(Q, True, False, True) == "scaled-mm"
+    assert mode_for(r, Q, True, True) == "scaled-mm"
 
 
 def test_globs_are_case_sensitive_and_whole_name():
     p = Policy.from_string("bf16; transformer_blocks.1.attn1.to_q=fp8-cast")
-    assert p.mode_for(Q, False, False, False) == "fp8-cast"
-    assert p.mode_for(Q + "x", False, False, False) == "bf16"  # fnmatch: whole name
-    assert p.mode_for(Q.upper(), False, False, False) == "bf16"
+    assert mode_for(p, Q, False, False) == "fp8-cast"
+    assert mode_for(p, Q + "x", False, False) == "bf16"  # fnmatch: whole name
+    assert mode_for(p, Q.upper(), False, False) == "bf16"
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -174,19 +183,19 @@ def test_mode_for_presets(fast):
     best = "scaled-mm" if fast else "fp8-cast"
     for stored_fp8 in (False, True):
         # auto keeps the file's storage; fp8 layers take the device's best fp8 mode.
-        assert Policy("auto").mode_for(Q, stored_fp8, False, fast) == (best if stored_fp8 else "bf16")
+        assert mode_for(Policy("auto"), Q, stored_fp8, fast) == (best if stored_fp8 else "bf16")
         # the other presets force their mode on block layers, whatever the storage.
         for preset in ("fp8-cast", "scaled-mm", "bf16"):
-            assert Policy(preset).mode_for(Q, stored_fp8, False, fast) == preset
+            assert mode_for(Policy(preset), Q, stored_fp8, fast) == preset
 
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_auto_rule_mode(fast):
     best = "scaled-mm" if fast else "fp8-cast"
     p = Policy.from_string("bf16; transformer_blocks.1.*=auto")
-    assert p.mode_for(Q, True, False, fast) == best
-    assert p.mode_for(Q, False, False, fast) == "bf16"
-    assert p.mode_for(B0, True, False, fast) == "bf16"
+    assert mode_for(p, Q, True, fast) == best
+    assert mode_for(p, Q, False, fast) == "bf16"
+    assert mode_for(p, B0, True, fast) == "bf16"
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -194,16 +203,16 @@ def test_sensitive_layers_keep_storage_unless_named(fast):
     best = "scaled-mm" if fast else "fp8-cast"
     for preset in ("fp8-cast", "scaled-mm", "auto"):
         p = Policy(preset)
-        assert p.mode_for("patchify_proj", False, True, fast) == "bf16"
-        assert p.mode_for("adaln_single.linear", False, True, fast) == "bf16"
+        assert mode_for(p, "patchify_proj", False, fast) == "bf16"
+        assert mode_for(p, "adaln_single.linear", False, fast) == "bf16"
         # A (hypothetical) sensitive layer stored fp8 stays fp8, in the device's best fp8 mode.
-        assert p.mode_for("proj_out", True, True, fast) == best
-    assert Policy("bf16").mode_for("proj_out", True, True, fast) == "bf16"
+        assert mode_for(p, "proj_out", True, fast) == best
+    assert mode_for(Policy("bf16"), "proj_out", True, fast) == "bf16"
     # A rule that names a sensitive layer is obeyed, broad globs included.
     p = Policy.from_string("bf16; patchify_proj=fp8-cast; *=scaled-mm")
-    assert p.mode_for("patchify_proj", False, True, fast) == "fp8-cast"
-    assert p.mode_for("proj_out", False, True, fast) == "scaled-mm"
-    assert p.mode_for(Q, False, False, fast) == "scaled-mm"
+    assert mode_for(p, "patchify_proj", False, fast) == "fp8-cast"
+    assert mode_for(p, "proj_out", False, fast) == "scaled-mm"
+    assert mode_for(p, Q, False, fast) == "scaled-mm"
 
 
 def test_sensitive_names():

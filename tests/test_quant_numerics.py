@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from quant.fp8 import FP8, dequantize, quantize  # noqa: E402
+from quant.fp8 import FP8, Fp8Weight, dequantize, quantize  # noqa: E402
 from quant.layer import QuantLayer  # noqa: E402
 from quant.linear import QuantLinear  # noqa: E402
 from quant.report import build_report  # noqa: E402
@@ -80,7 +80,7 @@ def make_layer(layer: str, per_row: bool, mode: str, dtype: torch.dtype, input_s
     codes, scale = quantize(ref_weight(layer), per_row=per_row)
     bias = ref_bias(layer).to(dtype)
     isc = None if input_scale is None else torch.tensor(float(input_scale), dtype=torch.float32)
-    return QuantLayer(layer, codes, scale, isc, bias, mode, "test"), codes, scale, bias
+    return QuantLayer(layer, Fp8Weight(codes, scale, isc), bias, mode, "test"), codes, scale, bias
 
 
 # -- quantize / dequantize round trip ------------------------------------------------------------
@@ -300,9 +300,9 @@ def test_static_mode_without_input_scale_falls_back_to_dynamic():
 def test_fp8_weight_without_scale_is_refused():
     codes, _ = quantize(ref_weight(LAYERS[2]))
     with pytest.raises(ValueError, match="scale"):
-        QuantLayer("x", codes, None, None, None, "bf16")
+        QuantLayer("x", codes, None, "bf16")
     with pytest.raises(ValueError, match="scale"):
-        QuantLayer("x", ref_weight(LAYERS[2]), None, None, None, "fp8-cast")
+        QuantLayer("x", ref_weight(LAYERS[2]), None, "fp8-cast")
 
 
 # -- layout, tested numerically --------------------------------------------------------------------

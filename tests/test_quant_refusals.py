@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:
 
 from quant.backends import BackendUnavailable, tensorrt_llm_available  # noqa: E402
 from quant.errors import CheckpointError  # noqa: E402
-from quant.fp8 import quantize  # noqa: E402
+from quant.fp8 import Fp8Weight, quantize  # noqa: E402
 from quant.layer import QuantLayer  # noqa: E402
 from quant.linear import QuantLinear  # noqa: E402
 from quant.plan import plan_checkpoint  # noqa: E402
@@ -350,7 +350,7 @@ def test_tensorrt_llm_asked_for_without_it(base):
     assert plan_checkpoint(path, "fp8-cast", backend="tensorrt-llm").backend == "torch"
     codes, scale = quantize(torch.randn(32, 64))
     with pytest.raises(BackendUnavailable, match="tensorrt_llm"):
-        QuantLinear(QuantLayer("x", codes, scale, None, None, "scaled-mm"), backend="tensorrt-llm")
+        QuantLinear(QuantLayer("x", Fp8Weight(codes, scale), None, "scaled-mm"), backend="tensorrt-llm")
 
 
 def test_missing_file_and_pickles(tmp_path):
