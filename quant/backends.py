@@ -2,7 +2,7 @@
 
 Both take the weight as the cuBLAS `[in, out]` operand. We never store that layout: `codes.t()` of
 the canonical `[out, in]` codes is exactly the column-major `[in, out]` view cuBLAS wants, so the
-transposition is free and square layers cannot silently go wrong (ltx-core issue #205).
+transposition is free and square layers cannot silently go wrong (Lightricks/LTX-2 issue #205).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Which file encoding each linear layer uses, and where every key of the file goes.
 
-Encodings seen in the wild (shared/reference/ltx2-checkpoints.md):
+Encodings seen in the wild:
 - `ltx-core`: fp8 `weight` + fp32 `weight_scale` (+ `input_scale`), no quant metadata;
 - `comfy-native`: the same tensors named in the header's `_quantization_metadata` or in a per-layer
   `.comfy_quant` uint8 tensor holding the same JSON;
 - `comfy-legacy`: a `scaled_fp8` marker, `.scale_weight` and `.scale_input` (1.0 means "none");
 - `full-precision`: bf16/fp16/fp32 weights.
 Every key ends up in exactly one bucket: a layer's part, another transformer tensor, a passenger,
-a marker, or unexpected. Nothing is dropped silently (the seed-001 bug was `strict=False`).
+a marker, or unexpected. Nothing is dropped silently: a `strict=False` load that drops the scales
+runs fp8 codes ~770x too large (Lightricks/LTX-2 PR #172).
 """
 
 from __future__ import annotations

@@ -20,9 +20,3 @@ class CheckpointError(ValueError):
         if tensor:
             where.append(f"tensor {tensor}")
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
-
-    def with_file(self, file: str) -> CheckpointError:
-        """The same error, naming `file` (raised deep in code that only saw tensor names)."""
-        if self.file:
-            return self
-        return CheckpointError(self.reason, file=file, tensor=self.tensor)

@@ -2,7 +2,7 @@
 
 Decided per file, per storage class (fp8 / full precision), from the NON-square linears: their
 shapes disagree with one layout and agree with the other. Square layers cannot tell and follow the
-file; this is exactly where ltx-core issue #205 computed garbage silently, so a file whose layers
+file; this is exactly where Lightricks/LTX-2 issue #205 computed garbage silently, so a file whose layers
 disagree is refused, naming the layer that disagrees.
 """
 

@@ -113,14 +113,6 @@ def _connector(out: dict, name: str, heads: int, dim_head: int, layers: int, gat
         _ff(out, f"{blk}.ff", inner)
 
 
-def block_linear_shapes(transformer_config: dict | None, index: int = 0) -> dict[str, tuple[int, int]]:
-    """The linears of one `transformer_blocks.<index>.` (BasicAVTransformerBlock)."""
-    cfg = resolved_config(transformer_config)
-    out: dict[str, tuple[int, int]] = {}
-    _block(out, cfg, index)
-    return out
-
-
 def _block(out: dict, cfg: dict, i: int) -> None:
     v_heads, vd_head = cfg["num_attention_heads"], cfg["attention_head_dim"]
     a_heads, ad_head = cfg["audio_num_attention_heads"], cfg["audio_attention_head_dim"]

@@ -59,7 +59,8 @@ def fallback_warning(fallback: Fallback, names: list[str], device: str) -> str:
 
 
 def kernel_accepts(out_features: int, in_features: int) -> bool:
-    """cuBLAS fp8 GEMM needs K and N multiples of 16 (LTX's 32-wide gate layers fail this)."""
+    """cuBLAS fp8 GEMM needs K and N multiples of 16 (a gate-logit layer `[heads, dim]` fails
+    this when the head count is not a multiple of 16)."""
     return out_features % 16 == 0 and in_features % 16 == 0
 
 
