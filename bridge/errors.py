@@ -8,9 +8,10 @@ import gc
 import comfy.model_management
 import torch
 
+from ..quant.holdings import layer_weight_bytes, other_tensor_bytes
 from ..quant.modes import decide_mode
 from ..quant.policy import Policy
-from ..quant.report import layer_weight_bytes, other_tensor_bytes
+from ..quant.units import format_gib
 
 _OOM_PRESETS = ("bf16", "fp8-cast")  # scaled-mm holds the same bytes as fp8-cast
 
@@ -34,10 +35,6 @@ def _release() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def weight_bytes_by_preset(plan) -> dict[str, int]:
@@ -84,12 +81,12 @@ def oom_message(what: str, e: BaseException, plan=None) -> str:
     est = weight_bytes_by_preset(plan)
     where, avail = _available(e)
     parts = [
-        f"{head}. Estimated weights: {_gib(est['requested'])} with policy {plan.policy.to_string()}; "
-        f"{_gib(est['fp8-cast'])} with fp8-cast or scaled-mm; {_gib(est['bf16'])} with bf16"
+        f"{head}. Estimated weights: {format_gib(est['requested'])} with policy {plan.policy.to_string()}; "
+        f"{format_gib(est['fp8-cast'])} with fp8-cast or scaled-mm; {format_gib(est['bf16'])} with bf16"
     ]
     if avail is None:
         return "; ".join(parts) + f". {generic}"
-    parts.append(f"{_gib(avail)} {where} now")
+    parts.append(f"{format_gib(avail)} {where} now")
     if est["requested"] <= avail:
         # The estimate fits but the load did not: something else held the memory at the time.
         advice = (

@@ -8,10 +8,10 @@ from comfy_api.latest import io
 
 from ..bridge.apply_policy import apply_policy
 from ..bridge.errors import node_error
-from ..bridge.vram import model_stats
+from ..bridge.vram import model_holdings
 from ..quant.backends import resolve_backend
 from ..quant.device import device_caps
-from .badge import blocks_by_mode, patcher_layers
+from ..quant.units import format_gb
 from .inputs import policy_inputs, read_policy
 
 
@@ -53,15 +53,10 @@ class LTXFP8ApplyQuantPolicy(io.ComfyNode):
             clone, summary = apply_policy(model, pol, caps, activation_scale, resolved)
             old = model.model_options.get("ltx_fp8", {}).get("label", "model")
             clone.model_options["ltx_fp8"] = {"label": f"{old} -> [{pol.to_string()}]"}
-            # Badge figures (web/ltx_fp8.js): bytes of the returned MODEL by mode, blocks by mode.
-            stats = model_stats(clone, clone.model_options["ltx_fp8"]["label"])
-            summary.update(
-                bytes_by_mode=stats["weight_bytes_by_mode"],
-                total_bytes=stats["total_bytes"],
-                blocks_by_mode=blocks_by_mode(patcher_layers(clone)),
-            )
+            # The badge (web/ltx_fp8.js): what the returned MODEL holds, beside what changed.
+            badge = {**summary, "holdings": model_holdings(clone)}
         text = (
             f"policy {summary['policy']}: layers by mode {summary['layers_by_mode']}; changed "
-            f"{summary['changed']}; newly allocated {summary['allocated_bytes'] / 1e6:.2f} MB"
+            f"{summary['changed']}; newly allocated {format_gb(summary['allocated_bytes'])}"
         )
-        return io.NodeOutput(clone, text, ui={"ltx_fp8": [json.dumps(summary)]})
+        return io.NodeOutput(clone, text, ui={"ltx_fp8": [json.dumps(badge)]})

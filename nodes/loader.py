@@ -14,7 +14,6 @@ from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
 from ..quant.report import build_report, format_text
-from .badge import blocks_by_mode, report_layers
 from .inputs import policy_inputs, read_policy
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
@@ -29,13 +28,9 @@ CKPT_TOOLTIP = (
 
 
 def badge(report: dict) -> dict:
-    """The compact figures the canvas badge shows (web/ltx_fp8.js)."""
+    """The canvas badge's figures (web/ltx_fp8.js): what the MODEL holds, as the report plans it."""
     return {
-        "layers_by_mode": report["layers_by_mode"],
-        "blocks_by_mode": blocks_by_mode(report_layers(report)),
-        "bytes_by_mode": report["bytes_by_mode"],
-        "other_bytes": report["other_tensor_bytes"],
-        "total_bytes": report["total_bytes"],
+        "holdings": report["holdings"],
         "policy": report["policy"],
         "file": os.path.basename(report["file"]),
         "warnings": len(report["warnings"]),
@@ -63,7 +58,8 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, **kwargs):
-        # A file replaced on disk must not be served from the cache (issue 5).
+        # A file replaced on disk must not be served from the cache: the host caches a node's
+        # outputs by its inputs, and the file name alone does not change when the file does.
         try:
             st = os.stat(resolve_checkpoint(ckpt_name))
             # ctime and inode too: a same-size file copied in with its old mtime kept (cp -p,

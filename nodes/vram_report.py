@@ -8,39 +8,36 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..bridge.vram import device_stats, model_stats
+from ..quant.units import format_gib
 
 MODEL_INPUTS = ("model", "model_2", "model_3", "model_4")
-
-
-def _gb(n) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
 def format_table(report: dict) -> str:
     lines = []
     for m in report["models"]:
-        counts = m["layers_by_mode"]
-        modes = ", ".join(
-            f"{k} {_gb(v)}" + (f" ({counts[k]} layers)" if k in counts else "")
-            for k, v in sorted(m["weight_bytes_by_mode"].items())
-        )
+        held = m["holdings"]
+        parts = [f"{k} {format_gib(v['bytes'])} ({v['layers']} layers)" for k, v in sorted(held["modes"].items())]
+        if held["other"]["tensors"]:
+            parts.append(f"other {format_gib(held['other']['bytes'])} ({held['other']['tensors']} tensors)")
+        modes = ", ".join(parts)
         lines.append(
-            f"{m['input']}: {m['label']}\n  total {_gb(m['total_bytes'])}: {modes}\n"
-            f"  resident {_gb(m['resident_bytes'])}, offloaded {_gb(m['offloaded_bytes'])} "
+            f"{m['input']}: {m['label']}\n  total {format_gib(held['total_bytes'])}: {modes}\n"
+            f"  resident {format_gib(m['resident_bytes'])}, offloaded {format_gib(m['offloaded_bytes'])} "
             f"({m['load_device']}{', loaded' if m['loaded'] else ''})"
         )
     d = report["device"]
-    line = f"device {d['device']}: total {_gb(d['total_bytes'])}, free {_gb(d['free_bytes'])}"
+    line = f"device {d['device']}: total {format_gib(d['total_bytes'])}, free {format_gib(d['free_bytes'])}"
     if "cuda" in d:
         c = d["cuda"]
         line += (
-            f"; allocated {_gb(c['allocated_bytes'])}, reserved {_gb(c['reserved_bytes'])}, "
-            f"peak since last report {_gb(c['peak_allocated_since_last_report_bytes'])}"
+            f"; allocated {format_gib(c['allocated_bytes'])}, reserved {format_gib(c['reserved_bytes'])}, "
+            f"peak since last report {format_gib(c['peak_allocated_since_last_report_bytes'])}"
         )
     if "process_rss_bytes" in d:
         line += (
-            f"; process RSS {_gb(d['process_rss_bytes'])}, system RAM available "
-            f"{_gb(d['system_ram_available_bytes'])} of {_gb(d['system_ram_total_bytes'])}"
+            f"; process RSS {format_gib(d['process_rss_bytes'])}, system RAM available "
+            f"{format_gib(d['system_ram_available_bytes'])} of {format_gib(d['system_ram_total_bytes'])}"
         )
     lines.append(line)
     return "\n".join(lines)

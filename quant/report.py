@@ -6,7 +6,9 @@ from collections import Counter
 
 import torch
 
+from .holdings import by_mode, layer_weight_bytes, plan_holdings
 from .plan import LayerPlan, LoadPlan, layer_note
+from .units import format_gb
 
 _FILE_DTYPES = {
     "F8_E4M3": "float8_e4m3fn",
@@ -22,29 +24,6 @@ def _scalar_or_list(t: torch.Tensor | None):
     if t is None:
         return None
     return t.item() if t.dim() == 0 else t.tolist()
-
-
-def layer_weight_bytes(
-    lp: LayerPlan, compute_dtype: torch.dtype, mode: str | None = None, per_row_quant: bool = False
-) -> int:
-    """Bytes the weight (+ its scales) will hold once loaded in `mode` (default: the planned one):
-    1 per fp8 parameter + fp32 scales, else the compute dtype's size."""
-    out_f, in_f = lp.out_in
-    n = out_f * in_f
-    if (mode or lp.mode) == "bf16":
-        return n * compute_dtype.itemsize
-    per_row = (lp.scale is not None and lp.scale.dim() == 1) or (lp.scale is None and per_row_quant)
-    return n + 4 * (out_f if per_row else 1) + (4 if lp.input_scale is not None else 0)
-
-
-def other_tensor_bytes(plan: LoadPlan) -> int:
-    """Biases and the non-linear tensors (norms, scale-shift tables, registers), as loaded."""
-    item = plan.compute_dtype.itemsize
-    other = sum(
-        i.numel * (item if i.dtype in ("BF16", "F16", "F32", "F64") else i.nbytes // max(i.numel, 1))
-        for i in plan.contents.tensors.values()
-    )
-    return other + sum(lp.src.bias.numel * item for lp in plan.layers if lp.src.bias)
 
 
 def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
@@ -72,12 +51,7 @@ def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
 
 def build_report(plan: LoadPlan) -> dict:
     rows = [layer_row(lp, plan) for lp in plan.layers]
-    bytes_by_mode: Counter = Counter()
-    layers_by_mode: Counter = Counter()
-    for r in rows:
-        bytes_by_mode[r["mode"]] += r["bytes"]
-        layers_by_mode[r["mode"]] += 1
-    other_bytes = other_tensor_bytes(plan)
+    held = plan_holdings(plan)
     passengers = {
         g: {"keys": len(keys), "bytes": sum(plan.index.tensors[k].nbytes for k in keys)}
         for g, keys in plan.contents.passengers.items()
@@ -94,10 +68,13 @@ def build_report(plan: LoadPlan) -> dict:
         "activation_scale": plan.activation,
         "backend": plan.backend,
         "layers": rows,
-        "layers_by_mode": dict(layers_by_mode),
-        "bytes_by_mode": dict(bytes_by_mode),
-        "other_tensor_bytes": other_bytes,
-        "total_bytes": sum(bytes_by_mode.values()) + other_bytes,
+        "holdings": held,
+        # Flat views of `holdings`, kept for readers of this JSON (`python -m quant inspect --json`):
+        # bytes_by_mode counts the linears only; the other tensors are other_tensor_bytes.
+        "layers_by_mode": by_mode(held, "layers"),
+        "bytes_by_mode": by_mode(held, "bytes"),
+        "other_tensor_bytes": held["other"]["bytes"],
+        "total_bytes": held["total_bytes"],
         "passengers": passengers,
         "markers": plan.contents.markers,
         "unexpected": plan.contents.unexpected,
@@ -105,10 +82,6 @@ def build_report(plan: LoadPlan) -> dict:
     }
     report["summary"] = summary_line(report)
     return report
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
 def summary_line(report: dict) -> str:
@@ -121,7 +94,7 @@ def summary_line(report: dict) -> str:
     pas = sum(p["keys"] for p in report["passengers"].values())
     return (
         f"ltx-fp8: {os.path.basename(report['file'])}: {len(report['layers'])} linears ({modes}), "
-        f"weights {_gb(report['total_bytes'])}; encodings: {enc}; layout fp8 {report['layout']['fp8']}; "
+        f"weights {format_gb(report['total_bytes'])}; encodings: {enc}; layout fp8 {report['layout']['fp8']}; "
         f"{pas} passenger keys ({', '.join(report['passengers']) or 'none'}); "
         f"{len(report['warnings'])} warnings"
     )
@@ -137,8 +110,8 @@ def format_text(report: dict, max_rows: int = 40) -> str:
     ]
     lines.append(
         "bytes by mode: "
-        + ", ".join(f"{m} {_gb(b)}" for m, b in sorted(report["bytes_by_mode"].items()))
-        + f", other tensors {_gb(report['other_tensor_bytes'])}"
+        + ", ".join(f"{m} {format_gb(b)}" for m, b in sorted(report["bytes_by_mode"].items()))
+        + f", other tensors {format_gb(report['other_tensor_bytes'])}"
     )
     for w in report["warnings"]:
         lines.append(f"warning: {w}")

@@ -100,25 +100,33 @@ def _nonzero(d: dict) -> dict:
     return {k: v for k, v in (d or {}).items() if v}
 
 
+def _bytes(held: dict) -> dict:
+    """Bytes by mode of a holdings payload (quant/holdings.py) as the bars show them: the linears'
+    modes, and "other" for the other tensors."""
+    return _nonzero({**{k: v["bytes"] for k, v in held["modes"].items()}, "other": held["other"]["bytes"]})
+
+
+def _layers(held: dict) -> dict:
+    return _nonzero({k: v["layers"] for k, v in held["modes"].items()})
+
+
 def check_badge(view: dict, p: dict, kind: str, fmt) -> None:
+    held = p["holdings"]
     assert view["kind"] == "badge" and view["node_kind"] == kind, view
     assert view["visible"], view
-    assert view["total_bytes"] == p["total_bytes"]
-    assert view["total_text"] == fmt(p["total_bytes"]), (view["total_text"], p["total_bytes"])
-    blocks = _nonzero(p["blocks_by_mode"])
+    assert view["total_bytes"] == held["total_bytes"]
+    assert view["total_text"] == fmt(held["total_bytes"]), (view["total_text"], held["total_bytes"])
+    blocks = _nonzero(held["blocks_by_mode"])
     assert blocks, p
     assert {c["mode"]: c["count"] for c in view["chips"]} == blocks
     for c in view["chips"]:
         assert c["text"] == f"{c['mode']} {c['count']} block{'' if c['count'] == 1 else 's'}"
-    for mode, n in _nonzero(p["layers_by_mode"]).items():
+    for mode, n in _layers(held).items():
         assert f"{mode} {n}" in view["layers_text"], (mode, n, view["layers_text"])
     assert f"policy {p['policy']}" in view["layers_text"]
     bar = {s["mode"]: s["bytes"] for s in view["bar"]}
-    want = _nonzero(p["bytes_by_mode"])
-    if kind == LOADER:  # the loader's bytes_by_mode counts linears; other tensors are other_bytes
-        want["other"] = p["other_bytes"]
-        assert sum(want.values()) == p["total_bytes"]
-    assert bar == _nonzero(want)
+    assert bar == _bytes(held)
+    assert sum(bar.values()) == held["total_bytes"]
     if kind == APPLY:
         assert f"new {fmt(p['allocated_bytes'])}" in view["layers_text"]
     if p.get("warnings"):
@@ -131,21 +139,25 @@ def check_vram(view: dict, report: dict, text: str, fmt) -> None:
     models = report["models"]
     assert [m["input"] for m in view["models"]] == [m["input"] for m in models]
     for got, m in zip(view["models"], models, strict=False):
+        held = m["holdings"]
+        # The flat keys of the report's JSON are views of its holdings.
+        assert _nonzero(m["weight_bytes_by_mode"]) == _bytes(held) and m["total_bytes"] == held["total_bytes"]
+        assert _nonzero(m["layers_by_mode"]) == _layers(held)
         assert got["label"] == m["label"]
         for key in ("total_bytes", "resident_bytes", "offloaded_bytes"):
             assert got[key] == m[key], (m["input"], key)
             assert got[key.replace("bytes", "text")] == fmt(m[key]), (m["input"], key)
         by_mode = {k: v["bytes"] for k, v in got["modes"].items() if v["bytes"]}
-        assert by_mode == _nonzero(m["weight_bytes_by_mode"]), m["input"]
+        assert by_mode == _bytes(held), m["input"]
         layers = {k: v["layers"] for k, v in got["modes"].items() if v["layers"]}
-        assert layers == _nonzero(m["layers_by_mode"]), m["input"]
-        for mode, b in _nonzero(m["weight_bytes_by_mode"]).items():
+        assert layers == _layers(held), m["input"]
+        for mode, b in _bytes(held).items():
             assert got["modes"][mode]["text"].startswith(fmt(b)), (mode, got["modes"][mode])
-        assert sum(by_mode.values()) == m["total_bytes"]
+        assert sum(by_mode.values()) == held["total_bytes"]
     assert [c["input"] for c in view["chart"]] == [m["input"] for m in models]
     for c, m in zip(view["chart"], models, strict=False):
-        assert {s["mode"]: s["bytes"] for s in c["segments"]} == _nonzero(m["weight_bytes_by_mode"])
-        assert c["value"] == fmt(m["total_bytes"])
+        assert {s["mode"]: s["bytes"] for s in c["segments"]} == _bytes(m["holdings"])
+        assert c["value"] == fmt(m["holdings"]["total_bytes"])
     d = report["device"]
     assert f"device {d['device']}: total {fmt(d['total_bytes'])}" in view["device_text"]
 
@@ -197,7 +209,7 @@ def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_hos
     ids = {cls: nid for nid, cls in nodes.items()}
     applied = _payload(entry, ids[APPLY], "ltx_fp8")
     assert applied["changed"] and applied["allocated_bytes"] > 0, applied  # fp8 -> bf16 allocates
-    assert set(_nonzero(applied["blocks_by_mode"])) == {"bf16"}
+    assert set(_nonzero(applied["holdings"]["blocks_by_mode"])) == {"bf16"}
     editor.screenshot_graph(ARTIFACTS / "apply_quant_policy.png")
 
     # Units: GiB everywhere, at once (no re-run).
@@ -316,3 +328,35 @@ def test_extension_is_quiet_at_import():
     assert "fetch(" not in js.replace("api.fetchApi(", "")
     assert js.count("api.fetchApi(") == 1
     assert sorted(p.name for p in (WEB / "docs").glob("*.md")) == sorted(f"{c}.md" for c in PACK_NODES)
+
+
+def test_canvas_formatters_match_the_python_ones(editor):
+    """formatGB / formatGiB of web/ltx_fp8.js write bytes as quant.units does (the loader's and the
+    VRAM Report's text outputs), across the unit boundaries."""
+    from quant.units import format_gb, format_gib
+
+    values = [
+        0,
+        1,
+        999,
+        1000,
+        1023,
+        1024,
+        1152,
+        1536,
+        10**6 - 1,
+        2**20,
+        10**9,
+        2**30,
+        21_900_000_000,
+        3 * 2**40,
+        10**16,
+    ]
+    got = editor.page.evaluate(
+        """async ([pack, values]) => {
+          const m = await import(`/extensions/${pack}/ltx_fp8.js`);
+          return values.map((n) => [m.formatGB(n), m.formatGiB(n)]);
+        }""",
+        [PACK, values],
+    )
+    assert got == [[format_gb(n), format_gib(n)] for n in values]

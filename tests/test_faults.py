@@ -268,6 +268,7 @@ def test_memory_estimates_are_what_a_load_holds(pack, oom_file):
 @pytest.mark.parametrize("kind", ["cuda", "cpu-runtime", "python"])
 def test_out_of_memory_says_which_mode_would_fit(pack, monkeypatch, oom_file, kind, figures):
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
+    units = importlib.import_module(pack.__name__ + ".quant.units")
     plan = pack.quant.plan.plan_checkpoint(str(oom_file), "bf16", device="cpu")
     plan = pack.bridge.host_model.host_plan(plan, torch.device("cpu")).plan  # as the node loads it
     est = errors.weight_bytes_by_preset(plan)
@@ -291,7 +292,7 @@ def test_out_of_memory_says_which_mode_would_fit(pack, monkeypatch, oom_file, ki
         monkeypatch.setattr(errors, "_available", lambda e, avail=avail: ("RAM available", avail))
         msg = _oom_during_load(pack, monkeypatch, plan, exc)
         assert expect in msg and "fp8-cast" in msg and "m.safetensors" in msg, msg
-        assert f"{est['fp8-cast'] / 2**30:.2f} GiB with fp8-cast" in msg, msg
+        assert f"{units.format_gib(est['fp8-cast'])} with fp8-cast" in msg, msg
         shown = shown or msg
     if kind == "cuda":
         figures(

@@ -25,7 +25,7 @@ const SETTING_BADGES = "LTXFP8.Canvas.ShowBadges";
 const SETTING_CHART = "LTXFP8.Canvas.ShowChart";
 const SETTING_UNITS = "LTXFP8.Canvas.Units";
 
-// Display order and colours of the modes (bridge/vram.py: "other" = norms, biases, tables...).
+// Display order and colours of the modes (quant/holdings.py; "other" = biases, norms, tables...).
 const MODES = ["scaled-mm", "fp8-cast", "bf16", "host-fp8", "mixed", "other"];
 const COLORS = {
   "scaled-mm": "#3fb950",
@@ -56,20 +56,49 @@ function setting(id, fallback) {
 }
 
 // ----- formatting ----------------------------------------------------------------------------
-// GB: powers of 1000 (GB, MB, kB); GiB: powers of 1024 (GiB, MiB, KiB). Two decimals.
-export function formatBytes(n, units) {
-  const binary = (units ?? setting(SETTING_UNITS, "GB")) === "GiB";
-  const k = binary ? 1024 : 1000;
-  const names = binary ? ["KiB", "MiB", "GiB", "TiB"] : ["kB", "MB", "GB", "TB"];
+// One formatter per unit system, the same rule as quant/units.py: the largest unit the value
+// reaches, two decimals; below one kB / KiB, whole bytes. The Units setting picks which.
+function scaled(n, step, names) {
   n = Number(n) || 0;
-  if (Math.abs(n) < k) return `${n} B`;
+  if (Math.abs(n) < step) return `${n} B`;
   let i = -1;
   let v = n;
-  while (Math.abs(v) >= k && i < names.length - 1) {
-    v /= k;
+  while (Math.abs(v) >= step && i < names.length - 1) {
+    v /= step;
     i += 1;
   }
   return `${v.toFixed(2)} ${names[i]}`;
+}
+
+// GB: powers of 1000 (kB, MB, GB, TB).
+export function formatGB(n) {
+  return scaled(n, 1000, ["kB", "MB", "GB", "TB"]);
+}
+
+// GiB: powers of 1024 (KiB, MiB, GiB, TiB).
+export function formatGiB(n) {
+  return scaled(n, 1024, ["KiB", "MiB", "GiB", "TiB"]);
+}
+
+export function formatBytes(n, units) {
+  return (units ?? setting(SETTING_UNITS, "GB")) === "GiB" ? formatGiB(n) : formatGB(n);
+}
+
+// ----- holdings ----------------------------------------------------------------------------------
+// What a model holds (quant/holdings.py), the same schema in every payload of the pack:
+// {modes: {mode: {layers, params, bytes}}, other: {tensors, bytes}, total_bytes, blocks_by_mode}.
+// Bytes by mode for the bars: the linears' modes, and "other" (biases, norms, tables...).
+function bytesByMode(held) {
+  const out = {};
+  for (const [m, v] of Object.entries(held?.modes || {})) out[m] = v.bytes;
+  if (held?.other?.bytes) out.other = held.other.bytes;
+  return out;
+}
+
+function layersByMode(held) {
+  const out = {};
+  for (const [m, v] of Object.entries(held?.modes || {})) out[m] = v.layers;
+  return out;
 }
 
 function sortedModes(obj) {
@@ -165,14 +194,16 @@ function stackedBar(bytesByMode, total, widthFraction = 1) {
 
 // "scaled-mm 43 blocks · bf16 5 blocks · 21.90 GB" (+ stacked bar, + layers line).
 function badgeView(kind, p) {
+  const held = p.holdings || {};
   const root = h("div", {
     class: "ltxfp8-view ltxfp8-badge", "data-ltxfp8": "badge", "data-node-kind": kind,
-    "data-total-bytes": p.total_bytes ?? "", "data-policy": p.policy ?? "",
+    "data-total-bytes": held.total_bytes ?? "", "data-policy": p.policy ?? "",
   });
   const line = h("div", { class: "ltxfp8-line" });
-  const blocks = p.blocks_by_mode || {};
+  const layerCounts = layersByMode(held);
+  const blocks = held.blocks_by_mode || {};
   const hasBlocks = sortedModes(blocks).length > 0;
-  const counts = hasBlocks ? blocks : p.layers_by_mode || {};
+  const counts = hasBlocks ? blocks : layerCounts;
   const unit = hasBlocks ? "block" : "layer";
   for (const m of sortedModes(counts)) {
     const n = Number(counts[m]);
@@ -181,18 +212,13 @@ function badgeView(kind, p) {
       style: `background:${COLORS[m] || "#888"}`,
     }, `${m} ${n} ${unit}${n === 1 ? "" : "s"}`));
   }
-  if (p.total_bytes !== undefined) {
+  if (held.total_bytes !== undefined) {
     line.append(h("span", { class: "ltxfp8-total", "data-role": "total", title: "weights held by this MODEL" },
-      formatBytes(p.total_bytes)));
+      formatBytes(held.total_bytes)));
   }
   root.append(line);
-  if (p.bytes_by_mode) {
-    // The loader's bytes_by_mode counts linears only; its other tensors are in other_bytes.
-    const bytes = { ...p.bytes_by_mode };
-    if (p.other_bytes && bytes.other === undefined) bytes.other = p.other_bytes;
-    root.append(stackedBar(bytes, p.total_bytes));
-  }
-  const layers = sortedModes(p.layers_by_mode).map((m) => `${m} ${p.layers_by_mode[m]}`).join(" · ");
+  if (held.modes) root.append(stackedBar(bytesByMode(held), held.total_bytes));
+  const layers = sortedModes(layerCounts).map((m) => `${m} ${layerCounts[m]}`).join(" · ");
   const extra = [];
   if (layers) extra.push(`layers: ${layers}`);
   if (kind === APPLY && p.allocated_bytes !== undefined) extra.push(`new ${formatBytes(p.allocated_bytes)}`);
@@ -225,8 +251,10 @@ function deviceLine(d) {
 function vramView(report, text) {
   const models = report?.models || [];
   const root = h("div", { class: "ltxfp8-view ltxfp8-vram", "data-ltxfp8": "vram", title: text || "" });
+  const bytes = models.map((m) => bytesByMode(m.holdings));
+  const layers = models.map((m) => layersByMode(m.holdings));
   const modes = [];
-  for (const m of models) for (const k of sortedModes(m.weight_bytes_by_mode)) if (!modes.includes(k)) modes.push(k);
+  for (const b of bytes) for (const k of sortedModes(b)) if (!modes.includes(k)) modes.push(k);
   modes.sort((a, b) => MODES.indexOf(a) - MODES.indexOf(b));
 
   const labels = h("div", { class: "ltxfp8-labels" });
@@ -244,30 +272,35 @@ function vramView(report, text) {
   for (const k of modes) {
     body.append(h("tr", { "data-mode": k },
       h("th", { style: `color:${COLORS[k] || "inherit"}` }, k),
-      models.map((m) => {
-        const b = m.weight_bytes_by_mode?.[k];
-        const n = m.layers_by_mode?.[k];
+      models.map((m, i) => {
+        const b = bytes[i][k];
+        const n = layers[i][k];
         return cell(m, { "data-mode": k, "data-bytes": b ?? 0, "data-layers": n ?? "" },
           b ? formatBytes(b) : "–", n ? `${n} layer${n === 1 ? "" : "s"}` : "");
       })));
   }
-  for (const [role, key] of [["total", "total_bytes"], ["resident", "resident_bytes"], ["offloaded", "offloaded_bytes"]]) {
+  const figures = [
+    ["total", (m) => m.holdings?.total_bytes],
+    ["resident", (m) => m.resident_bytes],
+    ["offloaded", (m) => m.offloaded_bytes],
+  ];
+  for (const [role, get] of figures) {
     body.append(h("tr", { "data-role": role, class: role === "total" ? "ltxfp8-total-row" : "" }, h("th", {}, role),
-      models.map((m) => cell(m, { "data-role": role, "data-bytes": m[key] ?? 0 }, formatBytes(m[key])))));
+      models.map((m) => cell(m, { "data-role": role, "data-bytes": get(m) ?? 0 }, formatBytes(get(m))))));
   }
   table.append(body);
   root.append(table);
 
   if (setting(SETTING_CHART, true) && models.length) {
-    const max = Math.max(...models.map((m) => Number(m.total_bytes) || 0), 1);
+    const totals = models.map((m) => Number(m.holdings?.total_bytes) || 0);
+    const max = Math.max(...totals, 1);
     const chart = h("div", { class: "ltxfp8-chart", "data-ltxfp8": "chart" });
-    for (const m of models) {
+    models.forEach((m, i) => {
       chart.append(h("div", { class: "ltxfp8-chart-row", "data-input": m.input },
         h("span", { class: "ltxfp8-chart-name", title: m.label }, m.input),
-        h("span", { class: "ltxfp8-chart-track" },
-          stackedBar(m.weight_bytes_by_mode, m.total_bytes, (Number(m.total_bytes) || 0) / max)),
-        h("span", { class: "ltxfp8-chart-value" }, formatBytes(m.total_bytes))));
-    }
+        h("span", { class: "ltxfp8-chart-track" }, stackedBar(bytes[i], totals[i], totals[i] / max)),
+        h("span", { class: "ltxfp8-chart-value" }, formatBytes(totals[i]))));
+    });
     chart.append(h("div", { class: "ltxfp8-legend" },
       modes.map((k) => h("span", {}, h("i", { style: `background:${COLORS[k] || "#888"}` }), k))));
     root.append(chart);

@@ -1,0 +1,36 @@
+"""Byte counts as text: one formatter per unit system, the same rule as the canvas (web/ltx_fp8.js).
+
+`format_gb` counts in powers of 1000 (GB = 10^9 bytes, as GPU vendors and disk sizes count);
+`format_gib` in powers of 1024 (GiB = 2^30 bytes, as nvidia-smi, the OS and torch's memory errors
+count). Each shows the largest unit of its system that the value reaches, with two decimals
+("21.90 GB", "512.00 MiB"); below one kB / KiB, whole bytes ("812 B").
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+_DECIMAL = ("kB", "MB", "GB", "TB")
+_BINARY = ("KiB", "MiB", "GiB", "TiB")
+
+
+def _scaled(n: float, step: int, names: tuple[str, ...]) -> str:
+    if abs(n) < step:
+        return f"{int(n) if float(n).is_integer() else n} B"  # 5.0 -> "5 B", as JavaScript writes it
+    v, i = float(n), -1
+    while abs(v) >= step and i < len(names) - 1:
+        v /= step
+        i += 1
+    # Ties round up, as JavaScript's toFixed does on the same double (Python's format rounds them
+    # to even): 1152 bytes is 1.125 KiB, "1.13 KiB" in both.
+    return f"{Decimal(v).quantize(Decimal('0.01'), ROUND_HALF_UP)} {names[i]}"
+
+
+def format_gb(n: float) -> str:
+    """`n` bytes in decimal units (kB, MB, GB, TB: powers of 1000)."""
+    return _scaled(n, 1000, _DECIMAL)
+
+
+def format_gib(n: float) -> str:
+    """`n` bytes in binary units (KiB, MiB, GiB, TiB: powers of 1024)."""
+    return _scaled(n, 1024, _BINARY)
