@@ -6,3 +6,9 @@ Modules: `profiles` (sizes of a run), `common` (machine facts, RSS sampling, sub
 process), `forward` (linear / block timings), `fidelity` (tiny LTXAV model, pack vs host),
 `targets` (met / not met), `render` (BENCHMARKS.md tables and PNG plots).
 """
+
+# One copy of each core module per bench process: `quant` (forward, worker, tools.ltx2_fixture)
+# and the pack's bridge (`from ..quant ...`) share the same modules (see tools/host_inprocess.py).
+from tools.host_inprocess import register_pack
+
+register_pack()

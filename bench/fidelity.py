@@ -12,7 +12,7 @@ References, both run in float32 on the host's own model class:
   (the fp8 floor: what a correct fp8 loader computes, up to its activation handling).
 Rows: the pack (`bridge.host_model.build_model_patcher` from a `quant` plan) on the ltx-core file
 in each mode, scaled-mm with the static (file) and dynamic activation scale; and the host's own
-`comfy.sd.load_diffusion_model` on the ltx-core file (scales dropped: the seed-001 bug) and on the
+`comfy.sd.load_diffusion_model` on the ltx-core file (scales dropped, as in Lightricks/LTX-2 PR #172) and on the
 comfy-native-header file. Errors are `||out - ref|| / ||ref||`, video and audio outputs apart.
 """
 
@@ -33,7 +33,7 @@ def rel(a, b) -> float:
 
 
 def run(spec: dict) -> dict:
-    from .hostenv import import_pack
+    from tools.host_inprocess import import_pack
 
     pack = import_pack()
     import comfy.sd

@@ -368,7 +368,7 @@ def render_blocks(r: dict, plots_rel: str, made: list[str]) -> dict[str, str]:
 
 _TITLES = {
     "machine": "Run",
-    "targets": "Targets (issue 4)",
+    "targets": "Targets",
     "load": "1. Load",
     "memory": "2. Memory",
     "forward": "3. Forward",

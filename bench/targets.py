@@ -1,5 +1,5 @@
-"""The targets of issue 4, evaluated from one run's results: met / not met / not measured, with
-the measured ratio. Nothing here times anything."""
+"""The benchmark targets (speed and memory against their references), evaluated from one run's
+results: met / not met / not measured, with the measured ratio. Nothing here times anything."""
 
 from __future__ import annotations
 

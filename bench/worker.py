@@ -5,7 +5,7 @@ Kinds:
   kept, as a caller would keep them. Resident bytes are measured (unique storages) and computed
   from theory (1 byte per fp8 parameter + fp32 scales; full precision elsewhere).
 - `floor-safetensors`: the same tensors through `safetensors.safe_open(...).get_tensor` and nothing
-  else (the I/O floor of the issue); `floor-read`: plain `readinto` per tensor into fresh buffers.
+  else (the I/O floor); `floor-read`: plain `readinto` per tensor into fresh buffers.
 - `host`: ComfyUI's own `comfy.sd.load_diffusion_model(path)` (host imported before the clock starts).
 - `bridge`: the pack's loader into the host's model: `plan_checkpoint` + `bridge.host_model.build_model_patcher`.
 - `torch-info`: versions and threads.
@@ -225,7 +225,7 @@ def _host_resident(dm) -> dict:
 
 
 def load_host(spec: dict) -> dict:
-    from .hostenv import import_host
+    from tools.host_inprocess import import_host
 
     import_host()
     import logging
@@ -247,7 +247,7 @@ def load_host(spec: dict) -> dict:
 
 
 def load_bridge(spec: dict) -> dict:
-    from .hostenv import import_pack
+    from tools.host_inprocess import import_pack
 
     pack = import_pack()
     import logging

@@ -28,7 +28,8 @@ def _inside(path: str, roots: list[str]) -> bool:
 
 def resolve_checkpoint(name: str) -> str:
     """The absolute path of `name`, refusing anything that leads outside the model folders:
-    `..`, absolute paths, and symlinks whose target is elsewhere (issue 5)."""
+    `..`, absolute paths, and symlinks whose target is elsewhere (a path
+    traversal through a widget value would read any file the server can)."""
     if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise CheckpointError(
             f"checkpoint name {name!r} must be a relative name inside the {' / '.join(MODEL_FOLDERS)} folders",

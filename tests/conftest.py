@@ -9,6 +9,13 @@ the host's custom_nodes.
 `make_host(**kwargs)`: a separate host for a test that needs its own (other args, a fault...).
 Tests using either fixture get the `host` marker (deselect them with `-m "not host"`).
 The session host's log is kept at `test-artifacts/host.log`.
+
+Imports: pytest puts the repo root and tests/ on sys.path (`pythonpath` in pyproject.toml), so
+tests import the core as `quant`, the repo's tools as `tools`, and their helpers as `support.<module>`
+(tests/support/).
+`register_pack()` below runs before any test module is imported: the repo is then the package
+`tools.host_inprocess.PACKAGE` and `quant` one more name of its `quant`, so the core a test imports
+and the core the bridge uses are the same modules (tests/test_one_import_path.py checks it).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import hostlib
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hostlib  # noqa: E402
+from tools.host_inprocess import register_pack
+
+register_pack()
 
 TESTS = Path(__file__).resolve().parent
 ARTIFACTS = hostlib.REPO / "test-artifacts"

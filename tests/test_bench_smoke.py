@@ -1,5 +1,5 @@
 """The benchmark script runs end to end at tiny widths (`python -m bench --smoke`) and writes every
-section: numbers, or an explicit "not measured". No timing is asserted here (issue 4: targets are
+section: numbers, or an explicit "not measured". No timing is asserted here (targets are
 checked by the benchmark and reported, never by a timed unit test)."""
 
 from __future__ import annotations

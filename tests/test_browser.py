@@ -22,18 +22,15 @@ import io
 import json
 import os
 import re
-import sys
 import urllib.request
 from pathlib import Path
 
-import hostlib
 import pytest
+from support import hostlib
+
+from tools import demo
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools import demo  # noqa: E402
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 WEB = REPO / "web"
@@ -56,7 +53,7 @@ pytestmark = pytest.mark.timeout(900)
 def driver():
     if os.environ.get("LTXFP8_SKIP_BROWSER") == "1":
         pytest.skip("LTXFP8_SKIP_BROWSER=1")
-    from browser import driver as drv  # needs playwright (requirements-dev.txt)
+    from support.browser import driver as drv  # needs playwright (requirements-dev.txt)
 
     drv.ensure_chromium()  # installs Debian's chromium when missing and root; else raises
     return drv

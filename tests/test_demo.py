@@ -7,18 +7,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import hostlib
 import pytest
+from support import hostlib
+
+from tools import demo
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools import demo  # noqa: E402
 
 ROW = re.compile(
     r"^\s+(?P<mode>.+?)\s{2,}(?P<ref>bf16(?: \+ LoRA)?)\s+(?P<video>[0-9.]+e[-+]\d+)\s+"

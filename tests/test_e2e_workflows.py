@@ -29,19 +29,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from pathlib import Path
 
-import hostlib
 import pytest
 import torch
+from support import hostlib
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools import demo, workflow_ui  # noqa: E402
-from tools.ltx2_fixture import TINY, write_checkpoint  # noqa: E402
+from tools import demo, workflow_ui
+from tools.ltx2_fixture import TINY, write_checkpoint
 
 PACK_NODES = ("LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport")
 TOL = {"auto": 3e-2, "fp8-cast": 4e-2, "scaled-mm": 6e-2}

@@ -6,16 +6,10 @@ the tests and the demo queue. Skipped where Chromium or Playwright is missing.""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools import demo  # noqa: E402
+from tools import demo
 
 NAMES = ("ltx_fp8_single", "ltx_fp8_mix")
 
@@ -23,7 +17,7 @@ NAMES = ("ltx_fp8_single", "ltx_fp8_mix")
 @pytest.fixture(scope="module")
 def editor(host):
     pytest.importorskip("playwright.sync_api")
-    from browser.driver import BrowserUnavailable, Editor, seed_editor_settings
+    from support.browser.driver import BrowserUnavailable, Editor, seed_editor_settings
 
     demo.ensure_assets(host.models_dir, log=lambda *a: None)
     seed_editor_settings(host)

@@ -1,4 +1,4 @@
-"""Issue 5.3: a load that fails half-way (a bad tensor found while streaming, out of memory, an
+"""Faults: a load that fails half-way (a bad tensor found while streaming, out of memory, an
 interrupted prompt) leaves no partial model cached, gives its memory back, and the next prompt
 works; out of memory says which mode would fit.
 
@@ -15,9 +15,10 @@ import importlib
 import time
 
 import pytest
-import reliability as rl
 import torch
-from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
+from support import reliability as rl
+
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
 
 MEDIUM = rl.config(
     rl.TINY,
@@ -202,7 +203,7 @@ def test_interrupted_prompt_ends_cleanly_and_the_next_works(host, medium, figure
 def pack():
     if not HOST_AVAILABLE:
         pytest.skip(HOST_SKIP_REASON)
-    from pack_import import import_pack
+    from tools.host_inprocess import import_pack
 
     return import_pack()
 

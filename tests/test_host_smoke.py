@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hostlib
 from conftest import test_node_packs
+from support import hostlib
 
 PACK = hostlib.PACK_NAME
 

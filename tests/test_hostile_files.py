@@ -1,10 +1,10 @@
-"""Issue 5.1, hostile files at the loader level: real fixture files (TINY config, 7 encodings and
+"""Hostile files at the loader level: real fixture files (TINY config, 7 encodings and
 layouts) mutated in 13 ways, each run through `plan_checkpoint` + the whole `iter_load`, and, when
 the pinned host can be imported, through the bridge that builds the host's LTXAV model (the
 node's path). Each case loads (the mutation kept the file valid; the loaded weights are finite)
 or raises one `CheckpointError` naming the file and, for everything past the header text, a
 tensor; never another exception, a hang, a read outside the file or another file opened. The
-mutations and the oracle are in tests/loader_fuzz.py.
+mutations and the oracle are in tests/support/loader_fuzz.py.
 
 Three drivers share the mutators: hypothesis (per kind, bounded), a seeded random loop (fixed
 count), and a coverage-guided atheris run with a fixed budget (a subprocess, core only; skipped
@@ -27,12 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import loader_fuzz as lf
 import pytest
 import torch
-from host_import import HOST_AVAILABLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import loader_fuzz as lf
+
+from tools.host_inprocess import HOST_AVAILABLE, REPO
 
 EXAMPLES_PER_KIND = int(os.environ.get("LOADER_FUZZ_EXAMPLES", "20"))
 SEEDED_CASES = int(os.environ.get("LOADER_FUZZ_SEEDED", "200"))
@@ -46,7 +47,7 @@ def pack_name():
     """The pack's package name when the host imports here (cases then also build the host model)."""
     if not HOST_AVAILABLE:
         return None
-    from pack_import import PACKAGE, import_pack
+    from tools.host_inprocess import PACKAGE, import_pack
 
     import_pack()
     return PACKAGE
@@ -126,7 +127,7 @@ def test_atheris_run(tmp_path):
         "-rss_limit_mb=6000",
         f"-artifact_prefix={tmp_path}/",
     ]
-    env = dict(os.environ, PYTHONPATH=str(Path(lf.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, f"atheris found a failing input (rc {proc.returncode}):\n{tail}"

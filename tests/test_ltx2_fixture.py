@@ -23,16 +23,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from quant.fp8 import E4M3_MAX, FP8, amax_scale, quantize
+from quant.ltx2_shapes import block_index, expected_linear_shapes, is_sensitive
+from tools import ltx2_fixture as F
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON, import_host
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from host_import import HOST_AVAILABLE, HOST_SKIP_REASON, import_host  # noqa: E402
-
-from quant.fp8 import E4M3_MAX, FP8, amax_scale, quantize  # noqa: E402
-from quant.ltx2_shapes import block_index, expected_linear_shapes, is_sensitive  # noqa: E402
-from tools import ltx2_fixture as F  # noqa: E402
 
 needs_host = pytest.mark.skipif(not HOST_AVAILABLE, reason=HOST_SKIP_REASON)
 REL_BOUND = 0.07  # e4m3 relative error bound per tensor (typically ~0.027)
@@ -156,8 +152,9 @@ def test_host_reads_comfy_encodings_as_codes_times_scale(tmp_path, encoding):
 
 @needs_host
 def test_host_drops_ltx_core_scales_characterization(tmp_path, caplog):
-    """The seed-001 bug, reproduced by the ltx-core fixture on the pinned host: scales are
-    'unexpected' keys and the fp8 codes are used unscaled (weights hundreds of times too large)."""
+    """Dropped scales (the bug of Lightricks/LTX-2 PR #172), reproduced by the ltx-core fixture on the
+    pinned host: scales are 'unexpected' keys and the fp8 codes are used unscaled (weights hundreds of
+    times too large)."""
     import_host()
     import comfy.sd
 

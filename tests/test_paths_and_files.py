@@ -1,4 +1,4 @@
-"""Issue 5.2 and 5.5: only files inside the host's model folders load by name; a load never writes
+"""Paths and files: only files inside the host's model folders load by name; a load never writes
 its file; a file changed on disk between loads is noticed and its new contents are served.
 
 In-process: `nodes.paths.resolve_checkpoint` against the host's real `folder_paths` pointed at a
@@ -13,9 +13,10 @@ import os
 import time
 
 import pytest
-import reliability as rl
 import torch
-from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
+from support import reliability as rl
+
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
 
 # ------------------------------------------------------------------------------------------------
 # resolve_checkpoint in-process
@@ -26,7 +27,7 @@ def models(tmp_path, monkeypatch):
     """folder_paths with checkpoints / diffusion_models in a temp tree, and files around it."""
     if not HOST_AVAILABLE:
         pytest.skip(HOST_SKIP_REASON)
-    from pack_import import import_pack
+    from tools.host_inprocess import import_pack
 
     pack = import_pack()
     import importlib

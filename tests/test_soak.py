@@ -1,4 +1,4 @@
-"""Issue 5.4: the real host with the pack handles a queue of 50 prompts in a row (loads in several
+"""Soak: the real host with the pack handles a queue of 50 prompts in a row (loads in several
 encodings and policies, Apply Quant Policy switches, VRAM Reports, broken files) without a leak,
 and two graphs loading the same file in different modes in one prompt each get their own, correct
 model.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import time
 
-import reliability as rl
 import torch
+from support import reliability as rl
 
 SOAK = rl.config(
     rl.TINY,

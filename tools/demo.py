@@ -39,7 +39,7 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import hostlib  # noqa: E402  (tests/hostlib.py: standard library only)
+from support import hostlib  # noqa: E402  (tests/support/hostlib.py: standard library only)
 
 WORKFLOWS = REPO / "example_workflows"
 API_WORKFLOWS = WORKFLOWS / "api"

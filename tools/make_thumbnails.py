@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Thumbnails of the example workflows and the README screenshot, from real screenshots of the
-graph editor (headless Debian Chromium driven by Playwright; tests/browser/driver.py).
+graph editor (headless Debian Chromium driven by Playwright; tests/support/browser/driver.py).
 
     .venv/bin/python tools/make_thumbnails.py                 # all example_workflows/*.json
     .venv/bin/python tools/make_thumbnails.py ltx_fp8_mix     # one
@@ -35,8 +35,8 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import hostlib  # noqa: E402
-from browser.driver import Editor, run_in_editor  # noqa: E402
+from support import hostlib  # noqa: E402
+from support.browser.driver import Editor, run_in_editor  # noqa: E402
 
 WORKFLOWS = REPO / "example_workflows"
 README_SHOT = REPO / "docs" / "mix-workflow.png"

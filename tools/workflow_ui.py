@@ -9,7 +9,7 @@ and the host's template browser lists) from their API-format sources
 
 The node definitions (which inputs are widgets, their order, control_after_generate, output names)
 come from `/object_info` of a running host (`--url`); without one, a headless host with this pack
-and the test node pack is started for the duration (tests/hostlib.py). Nodes are laid out left to
+and the test node pack is started for the duration (tests/support/hostlib.py). Nodes are laid out left to
 right in columns by their depth in the graph (longest path from a source), each column stacked in
 the order of its inputs' rows. Edit the API file, then re-run this; both are committed.
 """
@@ -308,7 +308,7 @@ def fetch_object_info(url: str | None) -> dict:
     if url:
         with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=60) as r:
             return json.loads(r.read())
-    import hostlib
+    from support import hostlib
 
     from tools.demo import node_packs
 

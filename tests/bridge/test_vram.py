@@ -14,7 +14,8 @@ import importlib
 
 import pytest
 import torch
-from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
+
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
 
 pytestmark = [pytest.mark.skipif(not HOST_AVAILABLE, reason=HOST_SKIP_REASON), pytest.mark.usefixtures("one_thread")]
 
@@ -26,8 +27,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from pack_import import import_pack
-
+    from tools.host_inprocess import import_pack
     from tools.ltx2_fixture import TINY, write_checkpoint, write_lora
 
     pack = import_pack()

@@ -1,6 +1,7 @@
 """Loader-level fuzzing: mutate real fixture files, run `plan_checkpoint` + the whole `iter_load`,
 and judge the outcome. Shared by tests/test_hostile_files.py (hypothesis and a seeded loop) and the
-atheris run (`python tests/loader_fuzz.py --atheris ...`, started by that test as a subprocess).
+atheris run (`PYTHONPATH=. python tests/support/loader_fuzz.py --atheris ...` from the repo root, started
+by that test as a subprocess).
 
 Every case is one mutated file and an expectation:
 - `error`: a `CheckpointError` is required (a wrong weight must not load), naming the file, and
@@ -28,10 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (atheris): the repo root must be importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
+import torch
 
 CASE_SECONDS = float(os.environ.get("LOADER_FUZZ_CASE_SECONDS", "20"))
 FP8_CODES_NAN = 0x7F
@@ -945,7 +943,7 @@ def generate(r: R, bases: dict[str, Base], kind: str | None = None) -> tuple[Cas
 
 
 # ------------------------------------------------------------------------------------------------
-# atheris driver: python tests/loader_fuzz.py --atheris WORKDIR COUNTS.json [libFuzzer flags]
+# atheris driver: PYTHONPATH=. python tests/support/loader_fuzz.py --atheris WORKDIR COUNTS.json [libFuzzer flags]
 
 
 def _atheris_main(argv: list[str]) -> None:
@@ -982,4 +980,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 3 and sys.argv[1] == "--atheris":
         _atheris_main(sys.argv[2:])
     else:
-        sys.exit("usage: python tests/loader_fuzz.py --atheris WORKDIR COUNTS.json [libFuzzer flags]")
+        sys.exit(
+            "usage: PYTHONPATH=. python tests/support/loader_fuzz.py --atheris WORKDIR COUNTS.json [libFuzzer flags]"
+        )

@@ -11,24 +11,20 @@ kept full precision. Every key of the file is accounted for.
 from __future__ import annotations
 
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
+from support.numerics import rel_err
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from quant.device import DeviceCaps  # noqa: E402
-from quant.fp8 import FP8  # noqa: E402
-from quant.layer import QuantLayer  # noqa: E402
-from quant.plan import plan_checkpoint  # noqa: E402
-from quant.report import build_report  # noqa: E402
-from quant.stream import iter_load, load  # noqa: E402
-from tools import ltx2_fixture as LF  # noqa: E402
+from quant.device import DeviceCaps
+from quant.fp8 import FP8
+from quant.layer import QuantLayer
+from quant.plan import plan_checkpoint
+from quant.report import build_report
+from quant.stream import iter_load, load
+from tools import ltx2_fixture as LF
 
 SEED = 3
 PRESETS = ("auto", "fp8-cast", "scaled-mm", "bf16")
@@ -40,11 +36,6 @@ FULL_MAX = 0.01
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
 
 
 class Files:
@@ -80,7 +71,7 @@ def files(tmp_path_factory):
 
 
 def expected_mode(name: str, stored_fp8: bool, preset: str, out_in) -> str:
-    """The mode on this CPU (fp8 GEMM runs, but not fast): the issue's rules, written out."""
+    """The mode on this CPU (fp8 GEMM runs, but not fast): the policy's rules, written out here."""
     in_block = bool(BLOCK.match(name))
     if preset == "bf16":
         return "bf16"
@@ -359,16 +350,3 @@ def test_iter_load_streams_in_file_order_and_filters(files):
     assert set(got) == some and isinstance(got["transformer_blocks.1.attn1.to_q"], QuantLayer)
     got = dict(iter_load(plan, names={"scale_shift_table"}, tensor_dtype=torch.float32))
     assert got["scale_shift_table"].dtype == torch.float32
-
-
-def test_report_bytes_by_mode(files):
-    fx = files.get("ltx-core")
-    for preset in PRESETS:
-        plan, layers, _ = load(fx.path, preset)
-        rep = build_report(plan)
-        by_mode = defaultdict(int)
-        for lay in layers.values():
-            by_mode[lay.mode] += lay.weight_bytes()
-        assert rep["bytes_by_mode"] == dict(by_mode), preset
-        assert rep["layers_by_mode"] == {m: sum(1 for lay in layers.values() if lay.mode == m) for m in by_mode}
-        assert rep["summary"].startswith("ltx-fp8: ") and f"{len(layers)} linears" in rep["summary"]

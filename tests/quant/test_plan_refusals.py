@@ -1,34 +1,26 @@
-"""Every file that cannot be loaded correctly is refused with a CheckpointError naming the file and
-the culprit (layer / tensor), before a caller gets a model: the fixture's breakages, unexpected
-keys, unsupported or inconsistent quantization metadata, bad input scales and shapes; policy
-strings and backends that cannot be honoured raise their own clear errors.
+"""quant/loader.py refuses every file that cannot be loaded correctly with a CheckpointError naming
+the file and the culprit (layer / tensor), before a caller gets a model: the fixture's breakages,
+unexpected keys, bad input scales, missing files and pickles; policy strings and options that
+cannot be honoured raise their own clear errors, before anything is read.
+
+The refusals decided by one module are tested beside it: quantization metadata, scales beside full
+precision weights and weight dtypes in test_encodings.py, weight shapes in test_layout.py, GEMM
+backends in test_backends.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from support.files import base_files, rewrite
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from quant.backends import BackendUnavailable, tensorrt_llm_available  # noqa: E402
-from quant.errors import CheckpointError  # noqa: E402
-from quant.fp8 import Fp8Weight, quantize  # noqa: E402
-from quant.layer import QuantLayer  # noqa: E402
-from quant.linear import QuantLinear  # noqa: E402
-from quant.plan import plan_checkpoint  # noqa: E402
-from quant.policy import PolicyError  # noqa: E402
-from quant.stream import iter_load, load  # noqa: E402
-from tools import ltx2_fixture as LF  # noqa: E402
+from quant.errors import CheckpointError
+from quant.plan import plan_checkpoint
+from quant.policy import PolicyError
+from quant.stream import iter_load, load
+from tools import ltx2_fixture as LF
 
 SEED = 5
 K = "transformer_blocks.1.attn1.to_k"  # a quantized layer of the default fp8 fixture (block 0 is bf16)
@@ -38,32 +30,17 @@ HEADER_STAGE = set(LF.BREAKAGES) - {"nan_codes"}  # found from the header and sc
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return base_files(tmp_path_factory.mktemp("base"), SEED)
+
+
 def load_all(path, policy="auto", **kw):
     """Plan and stream everything (as the host bridge does); returns the plan."""
     plan = plan_checkpoint(path, policy, **kw)
     for _ in iter_load(plan):
         pass
     return plan
-
-
-def rewrite(src: str, dst: Path, *, drop=(), add=None, replace=None, metadata=None) -> str:
-    """Copy a safetensors file with keys dropped / added / replaced and metadata changed."""
-    with safe_open(src, "pt") as f:
-        meta = dict(f.metadata() or {})
-        sd = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
-    sd.update(add or {})
-    sd.update(replace or {})
-    if metadata:
-        meta.update(metadata)
-    save_file(sd, str(dst), metadata=meta)
-    return str(dst)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """One intact file per encoding (bundle prefix) for the rewrite-based cases."""
-    d = tmp_path_factory.mktemp("base")
-    return {enc: LF.write_checkpoint(d / f"{enc}.safetensors", LF.TINY, enc, seed=SEED) for enc in LF.ENCODINGS}
 
 
 # -- the fixture's breakages ----------------------------------------------------------------------
@@ -194,74 +171,7 @@ def test_unknown_key_outside_the_transformer_is_only_reported(base, tmp_path):
     assert any("text_encoder.extra" in w for w in plan.warnings)
 
 
-# -- quantization metadata -----------------------------------------------------------------------
-
-
-def test_header_metadata_with_unsupported_format(base, tmp_path):
-    fx = base["comfy-native-header"]
-    meta = json.loads(fx.metadata["_quantization_metadata"])
-    meta["layers"][fx.prefix + K] = {"format": "nvfp4"}
-    path = rewrite(fx.path, tmp_path / "x.safetensors", metadata={"_quantization_metadata": json.dumps(meta)})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    msg = str(ei.value)
-    assert K in msg and "nvfp4" in msg and path in msg and "not supported" in msg
-
-
-def test_comfy_quant_tensor_with_unsupported_format(base, tmp_path):
-    fx = base["comfy-native-tensor"]
-    blob = json.dumps({"format": "nvfp4"}).encode()
-    key = fx.prefix + K + ".comfy_quant"
-    path = rewrite(fx.path, tmp_path / "x.safetensors", replace={key: torch.tensor(list(blob), dtype=torch.uint8)})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert K in str(ei.value) and "nvfp4" in str(ei.value) and path in str(ei.value)
-
-
-def test_comfy_quant_tensor_that_is_not_json(base, tmp_path):
-    fx = base["comfy-native-tensor"]
-    key = fx.prefix + K + ".comfy_quant"
-    path = rewrite(
-        fx.path, tmp_path / "x.safetensors", replace={key: torch.tensor([0xFF, 0x00, 0x7B], dtype=torch.uint8)}
-    )
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert key in str(ei.value)
-
-
-def test_metadata_naming_a_full_precision_weight(base, tmp_path):
-    fx = base["comfy-native-header"]
-    meta = json.loads(fx.metadata["_quantization_metadata"])
-    b0 = "transformer_blocks.0.attn1.to_q"  # bf16 in the file
-    meta["layers"][fx.prefix + b0] = {"format": "float8_e4m3fn"}
-    path = rewrite(fx.path, tmp_path / "x.safetensors", metadata={"_quantization_metadata": json.dumps(meta)})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert b0 in str(ei.value) and "BF16" in str(ei.value)
-
-
-def test_metadata_without_layers(base, tmp_path):
-    fx = base["comfy-native-header"]
-    path = rewrite(
-        fx.path, tmp_path / "x.safetensors", metadata={"_quantization_metadata": json.dumps({"format_version": "1.0"})}
-    )
-    with pytest.raises(CheckpointError, match="layers") as ei:
-        plan_checkpoint(path)
-    assert path in str(ei.value)
-
-
-@pytest.mark.parametrize("encoding", ["bf16", "fp32"])
-def test_full_precision_weight_with_a_scale_beside_it(base, tmp_path, encoding):
-    fx = base[encoding]
-    for suffix in (".weight_scale", ".scale_weight"):
-        path = rewrite(fx.path, tmp_path / "x.safetensors", add={fx.prefix + K + suffix: torch.tensor(0.001)})
-        with pytest.raises(CheckpointError) as ei:
-            plan_checkpoint(path)
-        msg = str(ei.value)
-        assert K in msg and path in msg and ("BF16" in msg or "F32" in msg)
-
-
-# -- scales, dtypes and shapes -------------------------------------------------------------------
+# -- input scales --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -0.01], ids=["nan", "inf", "zero", "negative"])
@@ -283,38 +193,7 @@ def test_input_scale_that_is_not_a_number(base, tmp_path):
     assert key in str(ei.value)
 
 
-def test_weight_of_unsupported_dtype(base, tmp_path):
-    fx = base["ltx-core"]
-    key = fx.prefix + K + ".weight"
-    path = rewrite(fx.path, tmp_path / "x.safetensors", replace={key: torch.zeros(64, 64, dtype=torch.int8)})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert K in str(ei.value) and "I8" in str(ei.value)
-
-
-@pytest.mark.parametrize("encoding", ["ltx-core", "bf16"])
-def test_weight_of_the_wrong_shape(base, tmp_path, encoding):
-    fx = base[encoding]
-    layer = "transformer_blocks.1.ff.net.0.proj"  # [256, 64]
-    key = fx.prefix + layer + ".weight"
-    t = torch.full((250, 64), 0.01, dtype=torch.bfloat16)
-    if encoding == "ltx-core":
-        t = quantize(t.float())[0]
-    path = rewrite(fx.path, tmp_path / "x.safetensors", replace={key: t})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert layer in str(ei.value) and "[250, 64]" in str(ei.value)
-    # A square weight where the model wants a non-square one.
-    t = torch.full((64, 64), 0.01, dtype=torch.bfloat16)
-    if encoding == "ltx-core":
-        t = quantize(t.float())[0]
-    path = rewrite(fx.path, tmp_path / "y.safetensors", replace={key: t})
-    with pytest.raises(CheckpointError) as ei:
-        plan_checkpoint(path)
-    assert layer in str(ei.value) and "[256, 64]" in str(ei.value)
-
-
-# -- policies and backends ----------------------------------------------------------------------------
+# -- policies, options and files ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -337,20 +216,6 @@ def test_bad_activation_and_backend_names(base):
         plan_checkpoint(base["ltx-core"].path, "auto", activation="per-token")
     with pytest.raises(ValueError, match="backend"):
         plan_checkpoint(base["ltx-core"].path, "scaled-mm", backend="cutlass")
-
-
-@pytest.mark.skipif(tensorrt_llm_available(), reason="tensorrt_llm is installed here")
-def test_tensorrt_llm_asked_for_without_it(base):
-    path = base["ltx-core"].path
-    with pytest.raises(BackendUnavailable) as ei:
-        plan_checkpoint(path, "scaled-mm", backend="tensorrt-llm")
-    assert "tensorrt_llm" in str(ei.value) and "tensorrt-llm" in str(ei.value)
-    # auto falls back to torch quietly; fp8-cast needs no GEMM backend at all.
-    assert plan_checkpoint(path, "scaled-mm", backend="auto").backend == "torch"
-    assert plan_checkpoint(path, "fp8-cast", backend="tensorrt-llm").backend == "torch"
-    codes, scale = quantize(torch.randn(32, 64))
-    with pytest.raises(BackendUnavailable, match="tensorrt_llm"):
-        QuantLinear(QuantLayer("x", Fp8Weight(codes, scale), None, "scaled-mm"), backend="tensorrt-llm")
 
 
 def test_missing_file_and_pickles(tmp_path):

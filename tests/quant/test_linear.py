@@ -1,55 +1,30 @@
-"""Numerics of the quant core against independent float64 references (CPU, real `torch._scaled_mm`).
+"""quant/linear.py: QuantLinear's fp8-cast and scaled-mm forwards against independent float64
+references (CPU, real `torch._scaled_mm`), and the kernel's limit (dims multiples of 16): layers it
+cannot take fall back to fp8-cast at load, with one warning.
 
 Every expected value here is computed in the test with plain torch ops in float64 on the fixture's
-reference weights (tools.ltx2_fixture.reference_tensor), never with the code under test.
-
-Bounds used (round to nearest):
-- e4m3 has 3 mantissa bits: a value in the normal range (|v| >= 2^-6) rounds with relative error
-  <= 2^-4; below it (subnormals, spacing 2^-9) the absolute error is <= 2^-10. In units of the
-  scale s: |q(w) - w| <= max(2^-4 |w|, 2^-10 s). For Gaussian weights this gives a relative
-  Frobenius error of ~0.026 (the "fp8 floor").
-- A compute dtype with unit roundoff u (bf16 2^-8, fp16 2^-11, fp32 2^-24) rounds the weight and
-  the output once each: |y - y_ref| <= ~2u (|x| |W|^T + |b|), plus fp32 accumulation.
+reference weights (tools.ltx2_fixture.reference_tensor), never with the code under test. The error
+bounds are explained in tests/support/numerics.py.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from support.numerics import DT_IDS, DTYPES, E4M3_REL, E4M3_SUB_ABS, LAYERS, U, dequant64, inputs, rel_err
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from quant.fp8 import FP8, Fp8Weight, dequantize, quantize  # noqa: E402
-from quant.layer import QuantLayer  # noqa: E402
-from quant.linear import QuantLinear  # noqa: E402
-from quant.report import build_report  # noqa: E402
-from quant.stream import load  # noqa: E402
-from tools import ltx2_fixture as LF  # noqa: E402
+from quant.fp8 import FP8, Fp8Weight, quantize
+from quant.layer import QuantLayer
+from quant.linear import QuantLinear
+from quant.report import build_report
+from quant.stream import load
+from tools import ltx2_fixture as LF
 
 SEED = 7
 CFG = LF.TINY
-U = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
-E4M3_REL = 2.0**-4  # relative rounding error bound of e4m3 normals
-E4M3_SUB_ABS = 2.0**-10  # absolute rounding error bound of e4m3 subnormals (in units of the scale)
-DTYPES = [torch.bfloat16, torch.float32, torch.float16]
-DT_IDS = ["bf16", "fp32", "fp16"]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-# (key, [out, in]) of the TINY model: non-square both ways, square, audio-width.
-LAYERS = [
-    "transformer_blocks.1.ff.net.0.proj",  # [256, 64]
-    "transformer_blocks.1.ff.net.2",  # [64, 256]
-    "transformer_blocks.1.attn1.to_q",  # [64, 64]
-    "transformer_blocks.1.audio_ff.net.0.proj",
-]  # [128, 32]
 
 
 def ref_weight(layer: str) -> torch.Tensor:
@@ -61,89 +36,11 @@ def ref_bias(layer: str) -> torch.Tensor:
     return LF.reference_tensor(CFG, layer + ".bias", SEED, torch.float32)
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def dequant64(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    s = scale.double()
-    return codes.double() * (s[:, None] if s.dim() == 1 else s)
-
-
-def inputs(n_in: int, dtype: torch.dtype, rows: int = 48, seed: int = 0, bound: float = 4.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, n_in, generator=g).clamp_(-bound, bound).to(dtype)
-
-
 def make_layer(layer: str, per_row: bool, mode: str, dtype: torch.dtype, input_scale=None):
     codes, scale = quantize(ref_weight(layer), per_row=per_row)
     bias = ref_bias(layer).to(dtype)
     isc = None if input_scale is None else torch.tensor(float(input_scale), dtype=torch.float32)
     return QuantLayer(layer, Fp8Weight(codes, scale, isc), bias, mode, "test"), codes, scale, bias
-
-
-# -- quantize / dequantize round trip ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
-@pytest.mark.parametrize("layer", LAYERS)
-def test_round_trip_within_e4m3_bound(layer, per_row):
-    w = ref_weight(layer).double()
-    codes, scale = quantize(ref_weight(layer), per_row=per_row)
-    assert codes.dtype == FP8 and scale.dtype == torch.float32
-    # The scale maps the amax (of the tensor or of each row) exactly to 448.
-    amax = w.abs().amax(dim=1) if per_row else w.abs().amax()
-    assert scale.shape == amax.shape
-    assert torch.allclose(scale.double(), amax / 448.0, rtol=1e-6, atol=0)
-    c = codes.double().abs()
-    assert torch.equal(c.amax(dim=1) if per_row else c.amax(), torch.full_like(amax, 448.0))
-
-    deq = dequant64(codes, scale)
-    s = scale.double()[:, None] if per_row else scale.double()
-    bound = torch.maximum(E4M3_REL * w.abs(), E4M3_SUB_ABS * s.expand_as(w)) * (1 + 1e-6)
-    err = (deq - w).abs()
-    assert bool((err <= bound).all()), f"max err/bound {float((err / bound).max()):.3f}"
-    # Normal-range values: relative error <= 2^-4 elementwise.
-    normal = (w.abs() / s) >= 2.0**-6
-    assert float(normal.double().mean()) > 0.95
-    assert float((err[normal] / w.abs()[normal]).max()) <= E4M3_REL * (1 + 1e-6)
-    # Gaussian weights: ~0.026 relative Frobenius error (the fp8 floor); never 0 (it did quantize).
-    r = rel_err(deq, w)
-    assert 0.015 < r < 0.035, r
-    # dequantize() into each compute dtype adds only that dtype's rounding.
-    for dt in DTYPES:
-        d = dequantize(codes, scale, dt)
-        assert d.dtype == dt
-        assert rel_err(d, deq) <= U[dt], (dt, rel_err(d, deq))
-
-
-def test_per_row_scales_beat_per_tensor_on_uneven_rows():
-    # Rows 1e5 apart (e4m3 normals span 448 / 2^-6 = 28672x): per-tensor scaling pushes the small
-    # rows into e4m3 subnormals.
-    w = ref_weight(LAYERS[0]).double()
-    w[::2] *= 1e-5
-    wt = w.float()
-    r_tensor = rel_err(dequant64(*quantize(wt)), w)
-    codes, scale = quantize(wt, per_row=True)
-    rows = dequant64(codes, scale)
-    small = slice(0, None, 2)
-    assert rel_err(rows[small], w[small]) < 0.035
-    assert rel_err(dequant64(*quantize(wt))[small], w[small]) > 0.1
-    assert rel_err(rows, w) < 0.035 and r_tensor > rel_err(rows, w)
-
-
-def test_quantize_saturates_instead_of_nan():
-    # Values past 448 * scale cast to NaN in e4m3fn without the clamp.
-    w = ref_weight(LAYERS[2])
-    scale = w.abs().amax() / 448.0 / 4.0  # 4x too small: most of the range overflows
-    codes, s = quantize(w, scale=scale)
-    assert torch.equal(s, scale)
-    c = codes.float()
-    assert torch.isfinite(c).all()
-    assert float(c.abs().max()) == 448.0
-    over = (w.double() / scale.double()).abs() > 464  # beyond the rounding boundary of 448
-    assert bool((c[over].abs() == 448).all()) and bool(over.any())
 
 
 # -- fp8-cast --------------------------------------------------------------------------------------
@@ -295,75 +192,6 @@ def test_static_mode_without_input_scale_falls_back_to_dynamic():
     y = QuantLinear(q, activation="static", backend="torch")(x)
     y_ref = F.linear(x.double(), dequant64(codes, scale), bias.double())
     assert 0.005 < rel_err(y, y_ref) < 0.05
-
-
-def test_fp8_weight_without_scale_is_refused():
-    codes, _ = quantize(ref_weight(LAYERS[2]))
-    with pytest.raises(ValueError, match="scale"):
-        QuantLayer("x", codes, None, "bf16")
-    with pytest.raises(ValueError, match="scale"):
-        QuantLayer("x", ref_weight(LAYERS[2]), None, "fp8-cast")
-
-
-# -- layout, tested numerically --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def transposed_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("layout")
-    return {
-        per_row: LF.write_checkpoint(
-            d / f"t{int(per_row)}.safetensors", CFG, "ltx-core", seed=SEED, transposed=True, per_row=per_row
-        )
-        for per_row in (False, True)
-    }
-
-
-SQUARE = "transformer_blocks.1.attn1.to_q"  # 64 x 64
-SQUARE_AUDIO = "transformer_blocks.1.audio_attn1.to_v"  # 32 x 32
-
-
-@pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
-def test_square_layer_in_transposed_file_loads_correctly(transposed_files, per_row):
-    fx = transposed_files[per_row]
-    key = fx.prefix + SQUARE + ".weight"
-    assert fx.keys[key] == ("F8_E4M3", (64, 64))  # the shape cannot tell the layout
-    plan, layers, _ = load(fx.path, "auto")
-    assert plan.layout.fp8 == "[in, out]"
-    # The layout was decided by a non-square fp8 layer, never by a square one.
-    decided_by = plan.layout.evidence["fp8"]
-    o, i = LF.expected_linear_shapes(CFG)[decided_by]
-    assert o != i
-    row = {r["name"]: r for r in build_report(plan)["layers"]}
-
-    for name in (SQUARE, SQUARE_AUDIO, "transformer_blocks.1.ff.net.0.proj", "transformer_blocks.1.ff.net.2"):
-        lay = layers[name]
-        assert plan.layer(name).transposed and row[name]["layout"] == "[in, out]"
-        w_ref = ref_weight(name).double()
-        eff = lay.effective_weight(torch.float64)
-        assert eff.shape == w_ref.shape
-        assert 0.005 < rel_err(eff, w_ref) < 0.05, name
-        if eff.shape[0] == eff.shape[1]:
-            # What a loader that trusts the square shape would compute: garbage of the same shape.
-            assert rel_err(eff.T, w_ref) > 0.5, name
-        # The forward, in both fp8 modes (scaled-mm hands cuBLAS codes.t() of the [out, in] codes).
-        x = inputs(lay.in_features, torch.float32, seed=3)
-        b = ref_bias(name).double()
-        y_ref = F.linear(x.double(), w_ref, b)
-        for mode in ("fp8-cast", "scaled-mm"):
-            y = QuantLinear(lay.with_mode(mode), activation="dynamic", backend="torch")(x)
-            assert rel_err(y, y_ref) < 0.06, (name, mode)
-            if eff.shape[0] == eff.shape[1]:
-                assert rel_err(F.linear(x.double(), eff.T, b), y_ref) > 0.5
-
-
-def test_full_precision_layers_of_transposed_file_stay_out_in(transposed_files):
-    fx = transposed_files[False]
-    plan, layers, _ = load(fx.path, "auto")
-    assert plan.layout.full == "[out, in]"
-    for name in ("transformer_blocks.0.attn1.to_q", "patchify_proj", "adaln_single.emb.timestep_embedder.linear_2"):
-        assert not plan.layer(name).transposed
-        assert rel_err(layers[name].effective_weight(torch.float64), ref_weight(name)) < 0.01
 
 
 # -- kernel fallback: dims not multiple of 16 -------------------------------------------------------

@@ -7,16 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from pathlib import Path
 
-import hostlib
+from tools.ltx2_fixture import TINY, config, write_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools.ltx2_fixture import TINY, config, write_checkpoint  # noqa: E402
+from . import hostlib
 
 
 def loader(name: str, policy: str = "auto", rules: str = "", activation: str = "static") -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from host_import import HOST_AVAILABLE, HOST_SKIP_REASON
+
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not HOST_AVAILABLE, reason=HOST_SKIP_REASON)
 
@@ -21,7 +22,7 @@ RANK = 4
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from pack_import import import_pack
+    from tools.host_inprocess import import_pack
 
     pack = import_pack()
     from tools.ltx2_fixture import TINY, write_checkpoint, write_lora

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui-ltx-fp8"
 LAUNCHER = REPO / "tools" / "host_launcher.py"
 HOST_DIR = REPO / ".host" / "ComfyUI"
