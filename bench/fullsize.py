@@ -561,6 +561,10 @@ def run(spec: dict) -> dict:
 def host_loader(path: str, guard: Guard, worker) -> dict:
     copy = os.path.join(os.path.dirname(path), "comfy-native-" + os.path.basename(path))
     res: dict = {"copy": os.path.basename(copy)}
+    free = os.statvfs(os.path.dirname(path))
+    if free.f_bavail * free.f_frsize < os.path.getsize(path) + 5e9:
+        res["error"] = f"not measured: less than the file's size + 5 GB free in {os.path.dirname(path)} for the copy"
+        return res
     try:
         res["copy_made"] = write_native_copy(path, copy)
         log(f"full size: ComfyUI-format copy written ({res['copy_made']['seconds']:.0f} s)")

@@ -287,10 +287,18 @@ def fp8_layers_of_bundle(cfg: dict) -> set[str]:
     return set(F.quantized_layer_names(cfg, [b for b in bf16 if b < n]))
 
 
-def step_model(device: str, dry: bool, reps: int, budget: Budget) -> dict:
+def model_config(dry: bool, widths: str | None = None, layers: int | None = None) -> dict:
+    """The model of the check: the real LTX-2.3 config (the dry run: TINY), optionally another
+    width set or block count (`--widths real --layers 1` runs real widths on a CPU)."""
+    from tools import ltx2_fixture as F
+
+    base = {"real": F.REAL, "tiny": F.TINY}[widths or ("tiny" if dry else "real")]
+    return F.config(base, **({"num_layers": layers} if layers else {}))
+
+
+def step_model(device: str, dry: bool, reps: int, budget: Budget, cfg: dict) -> dict:
     import torch
 
-    from tools import ltx2_fixture as F
     from tools.host_inprocess import PACKAGE
 
     quant = sys.modules.get(f"{PACKAGE}.quant")
@@ -307,7 +315,6 @@ def step_model(device: str, dry: bool, reps: int, budget: Budget) -> dict:
     cuda = device.startswith("cuda")
     dev = torch.device(device)
     dtype = torch.bfloat16
-    cfg = F.config(F.TINY) if dry else F.config(F.REAL)
     t = time.perf_counter()
     dm, linears = build_random_model(cfg, dev, dtype)
     if cuda:
@@ -322,8 +329,10 @@ def step_model(device: str, dry: bool, reps: int, budget: Budget) -> dict:
     audio_t = math.ceil(frames / FPS * 25)  # 16 kHz / hop 160 / 4 = 25 audio latents per second
     text_tokens = 1024 if not dry else 16
     g = torch.Generator(device=dev).manual_seed(0)
-    vx = torch.randn(1, cfg["in_channels"], lat_f, lat_h, lat_w, device=dev, generator=g).to(dtype)
-    ax = torch.randn(1, 8, audio_t, cfg["audio_in_channels"] // 8, device=dev, generator=g).to(dtype)
+    # Channels as the model's patchify layers take them (patch size 1: 128 video latent channels;
+    # audio: 8 latent channels x 16 frequency bins).
+    vx = torch.randn(1, dm.patchify_proj.in_features, lat_f, lat_h, lat_w, device=dev, generator=g).to(dtype)
+    ax = torch.randn(1, 8, audio_t, dm.audio_patchify_proj.in_features // 8, device=dev, generator=g).to(dtype)
     ctx_dim = dm.transformer_blocks[0].attn2.to_k.in_features + dm.transformer_blocks[0].audio_attn2.to_k.in_features
     ctx = torch.randn(1, text_tokens, ctx_dim, device=dev, generator=g).to(dtype)
     ts = torch.tensor([0.5], device=dev)
@@ -422,7 +431,8 @@ def step_model(device: str, dry: bool, reps: int, budget: Budget) -> dict:
         )
         del out, outs
     res = {
-        "config": "tools.ltx2_fixture.TINY" if dry else "tools.ltx2_fixture.REAL (LTX-2.3 22B, 48 blocks)",
+        "config": f"{cfg['num_layers']} blocks, video {cfg['num_attention_heads']} x {cfg['attention_head_dim']}, "
+        f"audio {cfg['audio_num_attention_heads']} x {cfg['audio_attention_head_dim']}",
         "params": params,
         "build_s": build_s,
         "video": {"width": w, "height": h, "frames": frames, "fps": FPS},
@@ -533,13 +543,10 @@ def _raw_read(path: str) -> float:
     return time.perf_counter() - t
 
 
-def step_file_load(work: str, device: str, dry: bool, budget: Budget) -> dict:
+def step_file_load(work: str, device: str, dry: bool, budget: Budget, cfg: dict) -> dict:
     import torch
 
-    from tools import ltx2_fixture as F
-
     cuda = device.startswith("cuda")
-    cfg = F.config(F.TINY) if dry else F.config(F.REAL)
     path = os.path.join(work, "ltx23_random_bundle.safetensors")
     need = 26e9 if not dry else 1e8
     free = shutil.disk_usage(work).free
@@ -691,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None, help="time budget (default 540; dry run 300)")
     ap.add_argument("--workdir", default=None, help="generated files (default .work/gpu_check)")
     ap.add_argument("--skip", default="", help="comma list: cuda_tests,block_forward,model_step,file_load")
+    ap.add_argument("--widths", choices=("real", "tiny"), default=None, help="model widths (real; dry run tiny)")
+    ap.add_argument("--layers", type=int, default=None, help="transformer blocks of the model (default: the config's)")
     ap.add_argument("--reps", type=int, default=None, help="timed model steps per mode (3; dry run 1)")
     a = ap.parse_args(argv)
     if a.prep:
@@ -700,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     budget = Budget(a.budget_s or (300 if a.dry_run else 540))
+    cfg = model_config(a.dry_run, a.widths, a.layers)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     device = "cpu" if a.dry_run else "cuda"
     out = a.out or (
@@ -756,11 +766,21 @@ def main(argv: list[str] | None = None) -> int:
             a.dry_run,
             a.reps or (1 if a.dry_run else 3),
             budget,
+            cfg,
         )
         save()
     if "file_load" not in skip:
         _step(
-            results, "file_load", budget, 150 if not a.dry_run else 1, step_file_load, work, device, a.dry_run, budget
+            results,
+            "file_load",
+            budget,
+            150 if not a.dry_run else 1,
+            step_file_load,
+            work,
+            device,
+            a.dry_run,
+            budget,
+            cfg,
         )
         save()
     failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False]
