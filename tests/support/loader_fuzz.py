@@ -344,9 +344,12 @@ def mut_data_flip(r: R, base: Base) -> Case:
     names = {k for k, e in base.entries.items() if any(e.begin <= p < e.end for p in touched)}
     verdicts = {k: tensor_valid(base, k, bytes(blob[base.entries[k].begin : base.entries[k].end])) for k in names}
     bad = {k for k, v in verdicts.items() if v is False}
+    unknown = {k for k, v in verdicts.items() if v is None}
     detail = f"flipped {sorted(touched)} in {sorted(names)}"
     if bad:
-        return Case("data_flip", detail, bytes(blob), "error", bad)
+        # A flipped comfy_quant JSON may be refused first (the planner reads it before any weight):
+        # naming it is as right as naming the bad tensor.
+        return Case("data_flip", detail, bytes(blob), "error", bad | unknown)
     if any(v is None for v in verdicts.values()):
         return Case("data_flip", detail, bytes(blob), "either")
     return Case("data_flip", detail, bytes(blob), "load")
