@@ -774,8 +774,8 @@ def module(pkg: str, name: str):
 
 
 class Guard:
-    """Instruments quant's file access: which files are opened, and that every read lies inside
-    the file (`offset + size <= file size`; the 8-byte length prefix may be cut by a tiny file).
+    """Instruments quant's file access: which files are opened, and that every read and every
+    mapping lies inside the file (`offset + size <= file size`; the 8-byte length prefix may be cut by a tiny file).
     `pkg` is the quant package: `quant`, or the pack's copy the host imported."""
 
     def __init__(self, pkg: str = "quant"):
@@ -792,8 +792,8 @@ class Guard:
 
     def __enter__(self):
         sh, guard = self.sh, self
-        self._orig = (sh._read_at, sh._read_exactly_into)
-        read_at, read_into = self._orig
+        self._orig = (sh._read_at, sh._read_exactly_into, sh._map_region)
+        read_at, read_into, map_region = self._orig
 
         def checked_read_at(f, offset, size, path):
             guard._check(f, offset, size, allow_short=(offset == 0 and size == 8))
@@ -803,7 +803,12 @@ class Guard:
             guard._check(f, offset, len(buf), allow_short=False, name=name)
             return read_into(f, offset, buf, path, name)
 
-        sh._read_at, sh._read_exactly_into = checked_read_at, checked_read_into
+        def checked_map_region(f, offset, size, path, name):
+            # A mapping past the end of the file would kill the process (SIGBUS) when touched.
+            guard._check(f, offset, size, allow_short=False, name=name)
+            return map_region(f, offset, size, path, name)
+
+        sh._read_at, sh._read_exactly_into, sh._map_region = checked_read_at, checked_read_into, checked_map_region
         self.planner.open = self.streamer.open = self._open
         sh.open = self._open
         return self
@@ -815,7 +820,7 @@ class Guard:
             self.violations.append(f"read of {size} bytes at {offset} ({name}) outside a {file_size}-byte file")
 
     def __exit__(self, *exc):
-        self.sh._read_at, self.sh._read_exactly_into = self._orig
+        self.sh._read_at, self.sh._read_exactly_into, self.sh._map_region = self._orig
         for m in (self.planner, self.streamer, self.sh):
             with contextlib.suppress(AttributeError):
                 del m.open
