@@ -626,7 +626,8 @@ SCALE_VALUES = {
     "-tiny": (-1e-30, False, False),
     "subnormal": (1e-42, True, False),
     "implausible": (1e3, True, True),
-    "meaningless-input": (1e9, True, False),
+    "meaningless-weight": (1e7, False, True),
+    "meaningless-both": (1e9, False, False),
     "big": (1e30, False, False),
     "overflowing": (1e38, False, False),
 }
