@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import comfy.model_management
 from comfy_api.latest import io
@@ -14,6 +15,8 @@ from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
 from ..quant.report import build_report, format_text
+from ..quant.stream import item_bytes, load_items, private_bytes, weights_in_ram
+from ..quant.units import format_gb
 from .inputs import policy_inputs, read_policy
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
@@ -35,6 +38,17 @@ def badge(report: dict) -> dict:
         "file": os.path.basename(report["file"]),
         "warnings": len(report["warnings"]),
     }
+
+
+def load_line(plan, seconds: float) -> str:
+    """Time, throughput and where the weights live, for the summary log line."""
+    read = sum(item_bytes(item) for _, _, item in load_items(plan))
+    private = private_bytes(plan, plan.compute_dtype)
+    where = "in RAM (LTX_FP8_WEIGHTS=ram)" if weights_in_ram() else "the rest file-backed"
+    return (
+        f"read {format_gb(read)} in {seconds:.1f} s ({read / max(seconds, 1e-9) / 1e9:.2f} GB/s); "
+        f"{format_gb(private)} converted into private memory, {where}"
+    )
 
 
 class LTXFP8CheckpointLoader(io.ComfyNode):
@@ -79,8 +93,11 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             )
             prepared = host_plan(ctx["plan"], device)  # the plan in the host's weight dtype
             plan = ctx["plan"] = prepared.plan
+            start = time.perf_counter()
+            # Shows the host's progress bar by bytes read while it loads (tens of seconds at full size).
             patcher = build_model_patcher(prepared, load_device=device)
+            seconds = time.perf_counter() - start
             report = build_report(plan)
             patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
-        log.info(report["summary"])
+        log.info("%s; %s", report["summary"], load_line(plan, seconds))
         return io.NodeOutput(patcher, format_text(report), ui={"ltx_fp8": [json.dumps(badge(report))]})
