@@ -102,10 +102,22 @@ def save_model(patcher, src_path: str, out_path: str, encoding: str = "comfy-nat
     in_force = getattr(patcher.model, "current_weight_patches_uuid", None)
     if in_force is not None and in_force != patcher.patches_uuid:
         raise CheckpointError("the model's weights hold another model's LoRA patches; run again", file=src_path)
-    linears = model_view.linears(patcher)
     dm = patcher.model.diffusion_model
-
     planned = {lp.name: lp for lp in plan.layers}
+    # The layers by the file's names: model_view knows torch Linears (ours and the host's plain ones),
+    # but the host's mixed-precision Linear (its own fp8 loader, ComfyUI 0.30 comfy/ops.py
+    # mixed_precision_ops) is a plain Module; this MODEL's object patches win, as model_view's do.
+    linears = dict(model_view.linears(patcher))
+    for name in planned:
+        if name not in linears:
+            module = patcher.object_patches.get(model_view.DM + name)
+            if module is None:
+                try:
+                    module = dm.get_submodule(name)
+                except AttributeError:
+                    continue
+            if getattr(module, "weight", None) is not None:
+                linears[name] = module
     missing = [n for n in linears if n not in planned]
     extra = [n for n in planned if n not in linears]
     if missing or extra:

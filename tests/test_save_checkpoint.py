@@ -240,3 +240,58 @@ def test_refusals_keep_the_host_serving(host, setup):
     assert "do not match" in err["exception_message"]
     assert host.alive()
     assert not list((host.base_dir / "output" / "save_test").glob("other*"))
+
+
+def test_a_model_from_the_hosts_own_loader_saves_its_codes_as_they_are(host):
+    """The host's UNETLoader on a ComfyUI-native file holds fp8 layers as its own scaled fp8 tensor
+    (comfy-kitchen QuantizedTensor): the node writes their codes, scales and input scales as they
+    are, and the full-precision tensors back in the file's dtype (the CPU host holds them in fp32)."""
+    src = R.write(
+        host, "save_host_native.safetensors", folder="diffusion_models", encoding="comfy-native-header", seed=SEED
+    )
+    p = {
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "save_host_native.safetensors", "weight_dtype": "default"},
+        },
+        "3": {
+            "class_type": "LTXFP8SaveCheckpoint",
+            "inputs": {
+                "model": ["1", 0],
+                "ckpt_name": "save_host_native.safetensors",
+                "filename_prefix": "save_test/host_native",
+                "encoding": "comfy-native",
+            },
+        },
+    }
+    entry = host.run_prompt(p, 600)
+    saved = host.base_dir / "output" / "save_test" / "host_native_00001_.safetensors"
+    assert saved.is_file(), entry["outputs"]
+    src_idx, out_idx = read_header(src.path), read_header(saved)
+    assert set(out_idx.tensors) == set(src_idx.tensors)
+    for key in src_idx.tensors:
+        assert out_idx.tensors[key].dtype == src_idx.tensors[key].dtype, key
+        assert raw_bytes(saved, key) == raw_bytes(src.path, key), key
+    assert json.loads(out_idx.metadata[QUANT_METADATA_KEY]) == json.loads(src_idx.metadata[QUANT_METADATA_KEY])
+
+
+def test_the_file_of_a_loaded_model_is_never_written_over(setup, tmp_path):
+    """The bridge registers the file of each model it builds (quant/in_use.py): neither the converter
+    nor the node's writer replaces it while the model lives; the node never writes over its source."""
+    from tools.host_inprocess import import_pack
+
+    pack = import_pack()
+    core, _ = setup
+    cpu = torch.device("cpu")
+    plan = pack.quant.plan.plan_checkpoint(core.path, "auto", device="cpu")
+    patcher = pack.bridge.host_model.build_model_patcher(plan, load_device=cpu, offload_device=cpu)
+    before = Path(core.path).read_bytes()
+    other = LF.write_checkpoint(tmp_path / "other.safetensors", LF.TINY, "bf16", seed=1)
+    with pytest.raises(pack.quant.errors.CheckpointError, match="loaded model uses"):
+        convert(other.path, core.path, "fp8-cast")
+    with pytest.raises(pack.quant.errors.CheckpointError, match="source file"):
+        pack.bridge.save_model.save_model(patcher, core.path, core.path)
+    assert Path(core.path).read_bytes() == before
+    out = tmp_path / "saved.safetensors"
+    pack.bridge.save_model.save_model(patcher, core.path, str(out), "ltx-core")
+    assert read_header(out).metadata["config"] == core.metadata["config"]
