@@ -17,8 +17,8 @@ from ..quant.units import format_gb
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
 log = logging.getLogger("ltx_fp8")
-ENCODING_OPTIONS = ["comfy-native", "ltx-core"]  # public: saved in workflows
-assert set(ENCODING_OPTIONS) == set(ENCODINGS)
+# Public: saved in workflows. The default first: the one every loader reads (quant.convert.ENCODINGS).
+ENCODING_OPTIONS = sorted(ENCODINGS, key=lambda e: e != "comfy-native")
 
 MODEL_TOOLTIP = (
     "The LTX-2 MODEL to write: from Load LTX FP8 Checkpoint, Apply Quant Policy, or the host's LoRA loaders on "
