@@ -64,3 +64,10 @@ PROFILES = {
         rss_interval_s=0.002,
     ),
 }
+
+
+# Profiles that run on their own, on the full-size bundle (`python -m bench.<module> --src FILE`, under
+# `flock <bundle folder>/.lock`): each writes its own section of bench/results.json and BENCHMARKS.md.
+STANDALONE = {
+    "convert": "bench.convert",  # `python -m quant convert` vs a raw copy of the same file; peak private memory
+}

@@ -22,6 +22,7 @@ import comfy.ops
 import comfy.utils
 import torch
 
+from ..quant import in_use
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
 from ..quant.plan import LoadPlan
@@ -231,6 +232,7 @@ def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_dev
                 with torch.no_grad():
                     target.data = item.to(target.dtype)  # no copy: iter_load cast it already
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        in_use.register(plan.path, model)  # no writer of this pack replaces the file under the model
         if not comfy.model_management.is_device_cpu(offload_device):
             model.to(offload_device)
         return patcher
