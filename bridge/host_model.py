@@ -21,6 +21,7 @@ import comfy.ops
 import comfy.utils
 import torch
 
+from ..quant.budget import fit_budget
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
 from ..quant.plan import LoadPlan
@@ -180,7 +181,12 @@ class HostPlan:
 
 def host_plan(plan: LoadPlan, load_device) -> HostPlan:
     model_config, weight_dtype, manual = detect(plan, load_device)
-    return HostPlan(replace(plan, compute_dtype=weight_dtype), model_config, manual)
+    derived = replace(plan, compute_dtype=weight_dtype)
+    if plan.budget is not None and weight_dtype != plan.compute_dtype:
+        # A weight budget counts bytes in the dtype the model holds: fit it again for the host's
+        # (the errors measured for the first fit are reused, nothing is read twice).
+        derived = fit_budget(derived)
+    return HostPlan(derived, model_config, manual)
 
 
 def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_device=None):

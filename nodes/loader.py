@@ -13,7 +13,7 @@ from ..bridge.errors import node_error
 from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
-from ..quant.report import build_report, format_text
+from ..quant.report import budget_figures, build_report, format_text
 from .inputs import policy_inputs, read_policy
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
@@ -34,6 +34,7 @@ def badge(report: dict) -> dict:
         "policy": report["policy"],
         "file": os.path.basename(report["file"]),
         "warnings": len(report["warnings"]),
+        "budget": budget_figures(report.get("budget")),
     }
 
 
@@ -69,10 +70,12 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             return (ckpt_name, repr(e))
 
     @classmethod
-    def execute(cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+    def execute(
+        cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto", weight_budget=""
+    ) -> io.NodeOutput:
         with node_error(ckpt_name) as ctx:
             path = resolve_checkpoint(ckpt_name)
-            pol = read_policy(policy, rules)
+            pol = read_policy(policy, rules, weight_budget)
             device = comfy.model_management.get_torch_device()
             ctx["plan"] = plan_checkpoint(
                 path, pol, device=device_caps(device), activation=activation_scale, backend=backend
@@ -81,6 +84,9 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             plan = ctx["plan"] = prepared.plan
             patcher = build_model_patcher(prepared, load_device=device)
             report = build_report(plan)
-            patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
+            patcher.model_options["ltx_fp8"] = {
+                "label": f"{ckpt_name} [{pol.to_string()}]",
+                "budget": budget_figures(report["budget"]),  # the VRAM Report shows it beside the actual bytes
+            }
         log.info(report["summary"])
         return io.NodeOutput(patcher, format_text(report), ui={"ltx_fp8": [json.dumps(badge(report))]})

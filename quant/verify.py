@@ -7,6 +7,8 @@ loaded layer on a fixed random input against `F.linear` in float64.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -34,15 +36,20 @@ def verify(
     backend="auto",
     device="cpu",
     seed=0,
+    budget_dtype=torch.bfloat16,
 ) -> dict:
+    """`budget_dtype`: the dtype a policy's weight budget counts full-precision bytes in (the plan
+    `inspect` and the loader make by default); the layers are then computed in `compute_dtype`."""
     plan = plan_checkpoint(
-        path, policy, device=device, compute_dtype=compute_dtype, activation=activation, backend=backend
+        path, policy, device=device, compute_dtype=budget_dtype, activation=activation, backend=backend
     )
+    plan = replace(plan, compute_dtype=compute_dtype)
     _, ref_layers, _ = load(reference, "bf16", compute_dtype=torch.float64)
     missing = [lp.name for lp in plan.layers if lp.name not in ref_layers]
     if missing:
         raise ValueError(f"reference {reference} lacks {len(missing)} layer(s) of {path}, first: {missing[0]}")
     gen = torch.Generator().manual_seed(seed)
+    fit = plan.budget
     rows = []
     for name, layer in iter_load(plan, device):
         if not isinstance(layer, QuantLayer):
@@ -60,6 +67,8 @@ def verify(
                 "quantized": layer.quantized,
                 "weight_rel_err": rel_err(layer.effective_weight(torch.float64).cpu(), w_ref),
                 "output_rel_err": rel_err(y.cpu(), y_ref),
+                "by_budget": plan.layer(name).decision.by_budget,
+                "predicted_error": fit.errors.get(name) if fit is not None else None,
             }
         )
     return {
@@ -69,6 +78,36 @@ def verify(
         "compute_dtype": str(compute_dtype).replace("torch.", ""),
         "layers": rows,
         "max": _maxima(rows),
+        "budget": _budget(fit, rows),
+    }
+
+
+def _budget(fit, rows: list[dict]) -> dict | None:
+    """The budget's moved layers: the error the planner predicted beside the one measured here
+    (worst and weighted by parameters, as the load report gives the prediction)."""
+    if fit is None:
+        return None
+    moved = [r for r in rows if r["by_budget"]]
+    params = {m.name: m.params for m in fit.moved}
+    total = sum(params.get(r["name"], 0) for r in moved)
+
+    def mean(key):
+        return sum(r[key] * params.get(r["name"], 0) for r in moved) / total if total else 0.0
+
+    return {
+        "budget": fit.budget,
+        "budget_bytes": fit.budget_bytes,
+        "total_bytes": fit.total_bytes,
+        "moved_layers": len(moved),
+        "predicted_error": {"worst": fit.worst_error, "weighted_mean": fit.mean_error},
+        "measured_weight_error": {
+            "worst": max((r["weight_rel_err"] for r in moved), default=0.0),
+            "weighted_mean": mean("weight_rel_err"),
+        },
+        "measured_output_error": {
+            "worst": max((r["output_rel_err"] for r in moved), default=0.0),
+            "weighted_mean": mean("output_rel_err"),
+        },
     }
 
 
