@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     ver.add_argument("--reference", required=True)
     ver.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     ver.add_argument(
+        "--budget-moved", action="store_true", help="only the layers the policy's weight budget moved to fp8"
+    )
+    ver.add_argument(
         "--budget-dtype",
         default="bfloat16",
         choices=sorted(_DTYPES),
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
                 backend=args.backend,
                 device=args.device,
                 budget_dtype=_DTYPES[args.budget_dtype],
+                moved_only=args.budget_moved,
             )
             print(json.dumps(result, indent=1) if args.json else _verify_text(result))
     except (CheckpointError, PolicyError, BackendUnavailable, ValueError, OSError) as e:

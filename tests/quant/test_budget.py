@@ -211,6 +211,9 @@ def test_predicted_error_against_float64_and_verify(files):
     assert set(rows) == {m.name for m in plan.budget.moved}
     for m in plan.budget.moved:  # the load quantizes exactly as predicted: measured == predicted
         assert rows[m.name]["weight_rel_err"] == pytest.approx(m.error, rel=1e-6)
+    only = verify(path, path, f"auto; budget={budget}B", moved_only=True)
+    assert [r["name"] for r in only["layers"]] == [r["name"] for r in result["layers"] if r["by_budget"]]
+    assert only["budget"]["measured_weight_error"] == result["budget"]["measured_weight_error"]
     b = result["budget"]
     assert b["measured_weight_error"]["worst"] == pytest.approx(b["predicted_error"]["worst"], rel=1e-6)
     assert b["measured_weight_error"]["weighted_mean"] == pytest.approx(b["predicted_error"]["weighted_mean"], rel=1e-6)
