@@ -145,17 +145,6 @@ class BudgetFit:
             "fit_seconds": self.fit_seconds,
         }
 
-    def summary(self) -> str:
-        """One line, e.g. `budget 20GB: 19.87 GB; moved 96 layers to fp8 (predicted weight error
-        worst 3.1e-02, weighted mean 2.9e-02)`."""
-        head = f"budget {self.budget}: {format_gb(self.total_bytes)} (without it {format_gb(self.unbudgeted_bytes)})"
-        if not self.moved:
-            return head + "; nothing moved"
-        return (
-            f"{head}; moved {len(self.moved)} layers to fp8 (predicted weight error worst "
-            f"{self.worst_error:.2e}, weighted mean {self.mean_error:.2e})"
-        )
-
 
 # ----- least harm ------------------------------------------------------------------------------
 
