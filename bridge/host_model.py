@@ -23,6 +23,7 @@ import comfy.utils
 import torch
 
 from ..quant import in_use
+from ..quant.budget import fit_budget
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
 from ..quant.plan import LoadPlan
@@ -183,7 +184,12 @@ class HostPlan:
 
 def host_plan(plan: LoadPlan, load_device) -> HostPlan:
     model_config, weight_dtype, manual = detect(plan, load_device)
-    return HostPlan(replace(plan, compute_dtype=weight_dtype), model_config, manual)
+    derived = replace(plan, compute_dtype=weight_dtype)
+    if plan.budget is not None and weight_dtype != plan.compute_dtype:
+        # A weight budget counts bytes in the dtype the model holds: fit it again for the host's
+        # (the errors measured for the first fit are reused, nothing is read twice).
+        derived = fit_budget(derived)
+    return HostPlan(derived, model_config, manual)
 
 
 class _BytesProgress:

@@ -14,7 +14,7 @@ from ..bridge.errors import node_error
 from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
-from ..quant.report import build_report, format_text
+from ..quant.report import budget_figures, build_report, format_text
 from ..quant.stream import item_bytes, load_items, private_bytes, weights_in_ram
 from ..quant.units import format_gb
 from .inputs import policy_inputs, read_policy
@@ -37,6 +37,7 @@ def badge(report: dict) -> dict:
         "policy": report["policy"],
         "file": os.path.basename(report["file"]),
         "warnings": len(report["warnings"]),
+        "budget": budget_figures(report.get("budget")),
     }
 
 
@@ -83,10 +84,12 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             return (ckpt_name, repr(e))
 
     @classmethod
-    def execute(cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+    def execute(
+        cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto", weight_budget=""
+    ) -> io.NodeOutput:
         with node_error(ckpt_name) as ctx:
             path = resolve_checkpoint(ckpt_name)
-            pol = read_policy(policy, rules)
+            pol = read_policy(policy, rules, weight_budget)
             device = comfy.model_management.get_torch_device()
             ctx["plan"] = plan_checkpoint(
                 path, pol, device=device_caps(device), activation=activation_scale, backend=backend
@@ -98,6 +101,9 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             patcher = build_model_patcher(prepared, load_device=device)
             seconds = time.perf_counter() - start
             report = build_report(plan)
-            patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
+            patcher.model_options["ltx_fp8"] = {
+                "label": f"{ckpt_name} [{pol.to_string()}]",
+                "budget": budget_figures(report["budget"]),  # the VRAM Report shows it beside the actual bytes
+            }
         log.info("%s; %s", report["summary"], load_line(plan, seconds))
         return io.NodeOutput(patcher, format_text(report), ui={"ltx_fp8": [json.dumps(badge(report))]})

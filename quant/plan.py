@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -97,8 +97,12 @@ def layer_note(lp: LayerPlan) -> str:
     """The load report's note on a layer: why it does not run as asked, else what the load converts
     (empty when neither)."""
     if lp.decision.fallback is not None:
-        return lp.decision.message
-    return _CONVERSION_NOTES[lp.conversion] if lp.conversion else ""
+        note = lp.decision.message
+    else:
+        note = _CONVERSION_NOTES[lp.conversion] if lp.conversion else ""
+    if lp.decision.by_budget:
+        return f"moved to fp8 by the weight budget{'; ' + note if note else ''}"
+    return note
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,11 @@ class LoadPlan:
     # or rewritten since, whose header would no longer describe its bytes.
     file_identity: tuple | None = None
     config: HeaderConfig | None = None
+    # What the caller asked for as backend (`backend` is what it resolved to): a budget fitted
+    # again for another compute dtype may move layers to scaled-mm and resolve it anew.
+    requested_backend: str = "auto"
+    # The weight budget's fit (quant/budget.BudgetFit), None without a budget in the policy.
+    budget: object | None = None
 
     def layer(self, name: str) -> LayerPlan:
         return next(lp for lp in self.layers if lp.name == name)
@@ -184,11 +193,7 @@ def plan_checkpoint(
     if implausible:
         warnings.append(implausible_warning(implausible))
         log.warning("%s: %s", path, warnings[-1])
-    resolved_backend = "torch"
-    if any(lp.mode == "scaled-mm" for lp in layers):
-        resolved_backend = resolve_backend(backend)
-    _note_fallbacks(layers, warnings, caps)
-    return LoadPlan(
+    plan = LoadPlan(
         path,
         index,
         contents,
@@ -198,12 +203,45 @@ def plan_checkpoint(
         caps,
         compute_dtype,
         activation,
-        resolved_backend,
+        "torch",
         per_row_quant,
         warnings,
         identity,
         config,
+        backend,
     )
+    if policy.budget is not None:
+        # Imported here: quant/budget.py builds on this module's LayerPlan and LoadPlan.
+        from .budget import fit_budget
+
+        return fit_budget(plan)  # refuses a budget no plan can meet, before any weight is read
+    return finish_plan(plan)
+
+
+def finish_plan(plan: LoadPlan, before: list[LayerPlan] | None = None) -> LoadPlan:
+    """The plan with its backend resolved and one warning per fallback reason, for its layers as
+    they are now. `before`: the layers of a finished plan whose layers were then changed (e.g. by
+    the budget); their fallback warnings are replaced."""
+    stale = {fallback_warning(fb, names, plan.caps.name) for fb, names in _fallback_names(before or []).items()}
+    warnings = [w for w in plan.warnings if w not in stale]
+    backend = "torch"
+    if any(lp.mode == "scaled-mm" for lp in plan.layers):
+        backend = resolve_backend(plan.requested_backend)
+    _note_fallbacks(plan.layers, warnings, plan.caps)
+    return replace(plan, backend=backend, warnings=warnings)
+
+
+def retarget(lp: LayerPlan, decision: ModeDecision) -> LayerPlan:
+    """`lp` with another mode decision (and the conversion that decision needs)."""
+    return replace(lp, decision=decision, conversion=_conversion(lp.src, decision))
+
+
+def _conversion(src: LayerSource, decision: ModeDecision) -> Conversion | None:
+    if decision.mode != "bf16" and not src.stored_fp8:
+        return Conversion.QUANTIZE
+    if decision.mode != "bf16" and src.weight.dtype == "F8_E5M2":
+        return Conversion.E5M2_TO_E4M3
+    return None
 
 
 def identify_file(f) -> tuple:
@@ -352,21 +390,19 @@ def _plan_layer(
                 found.append(scale_range.check_input_scale(input_scale, src.name, path, src.input_scale.name))
         implausible += [(src.name, what) for what in found if what]
     decision = decide_mode(policy, src.name, (out_f, in_f), _stored_e4m3(src), caps)
-    conversion = None
-    if decision.mode != "bf16" and not src.stored_fp8:
-        conversion = Conversion.QUANTIZE
-    elif decision.mode != "bf16" and src.weight.dtype == "F8_E5M2":
-        conversion = Conversion.E5M2_TO_E4M3
-    return LayerPlan(src, decision, transposed, scale, input_scale, conversion)
+    return LayerPlan(src, decision, transposed, scale, input_scale, _conversion(src, decision))
 
 
 def _note_fallbacks(layers: list[LayerPlan], warnings: list[str], caps: DeviceCaps) -> None:
     """One warning per fallback reason, not one per layer: a device without fp8 GEMM falls back to
     fp8-cast for every layer, which is worth one line in the log."""
-    for fallback in Fallback:
-        names = [lp.name for lp in layers if lp.fallback is fallback]
-        if names:
-            msg = fallback_warning(fallback, names, caps.name)
-            warnings.append(msg)
-            if fallback is Fallback.NO_FP8_GEMM:
-                log.warning(msg)
+    for fallback, names in _fallback_names(layers).items():
+        msg = fallback_warning(fallback, names, caps.name)
+        warnings.append(msg)
+        if fallback is Fallback.NO_FP8_GEMM:
+            log.warning(msg)
+
+
+def _fallback_names(layers: list[LayerPlan]) -> dict[Fallback, list[str]]:
+    out = {fb: [lp.name for lp in layers if lp.fallback is fb] for fb in Fallback}
+    return {fb: names for fb, names in out.items() if names}
