@@ -515,11 +515,11 @@ def run(spec: dict) -> dict:
                     # The tensors the load must change are decided by the plan (header + policy +
                     # weight dtype): the core's row of the same preset has them (bf16, as the
                     # host's --bf16-unet weight dtype).
-                    core_row = next(
-                        (x for x in out["rows"] if x["policy"] == policy and x.get("converted_bytes") is not None), None
+                    core_run = next(
+                        (x for x in out["runs"] if x.get("kind") == "core" and x.get("policy") == policy), None
                     )
-                    if core_row:
-                        r["converted_bytes"] = {"total": core_row["converted_bytes"]}
+                    if core_run and core_run.get("converted_bytes"):
+                        r["converted_bytes"] = {"total": core_run["converted_bytes"]["host_bf16"]}
                     out["runs"].append({k: v for k, v in r.items()})
                     _say(r)
                     out["rows"].append(_load_row("node over HTTP (--bf16-unet)", r, ref))

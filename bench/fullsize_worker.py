@@ -121,35 +121,18 @@ class StatusSampler:
         return [list(max(s[int(i * step) : int((i + 1) * step)] or [s[-1]], key=lambda x: x[1])) for i in range(points)]
 
 
-def converted_bytes(plan) -> dict:
-    """Bytes of the tensors a load must change (they cannot stay as stored in the file), from the
-    plan: fp8 dequantized to the compute dtype (bf16 mode), full precision quantized to fp8,
-    fp8 stored [in, out] (transposed), other tensors cast to another dtype."""
+def converted_bytes(plan, tensor_dtype=None) -> dict:
+    """Private bytes the loaded tensors must take (the ones that change: dequantized, quantized,
+    transposed, cast), by the loader's own estimate (`quant.stream.private_bytes`); `host_bf16`:
+    the same with the host's weight dtype bf16 (the node on a `--bf16-unet` host)."""
     import torch
 
-    from quant.safetensors_header import DTYPES
+    from quant.stream import private_bytes
 
-    cd = plan.compute_dtype
-    out = {"dequantized": 0, "quantized": 0, "transposed": 0, "cast": 0}
-    for lp in plan.layers:
-        o, i = lp.out_in
-        stored_fp8 = bool(getattr(lp.src, "stored_fp8", False))
-        if stored_fp8 and lp.mode == "bf16":
-            out["dequantized"] += o * i * cd.itemsize
-        elif not stored_fp8 and lp.mode != "bf16":
-            out["quantized"] += o * i
-        elif stored_fp8 and getattr(lp, "transposed", False):
-            out["transposed"] += o * i
-        elif not stored_fp8 and lp.src.weight.torch_dtype != cd:
-            out["cast"] += o * i * cd.itemsize
-        if lp.src.bias is not None and DTYPES[lp.src.bias.dtype][0] != cd:
-            out["cast"] += lp.src.bias.numel * cd.itemsize
-    for info in plan.contents.tensors.values():
-        dt = DTYPES[info.dtype][0]
-        if dt.is_floating_point and dt != cd and dt != torch.float32:
-            out["cast"] += info.numel * cd.itemsize
-    out["total"] = sum(out.values())
-    return out
+    return {
+        "total": private_bytes(plan, tensor_dtype=tensor_dtype),
+        "host_bf16": private_bytes(plan, tensor_dtype=torch.bfloat16),
+    }
 
 
 # -- kinds --------------------------------------------------------------------------------------------
@@ -349,7 +332,7 @@ def k_bridge(spec: dict) -> dict:
         return res
     patcher = keep["patcher"]
     res["compute_dtype"] = str(plan.compute_dtype).replace("torch.", "")
-    res["converted_bytes"] = converted_bytes(plan)
+    res["converted_bytes"] = converted_bytes(plan, plan.compute_dtype)
     try:
         stats = pack.bridge.vram.model_stats(patcher, os.path.basename(spec["file"]))
         res["holdings"] = stats.get("holdings")
