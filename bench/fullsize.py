@@ -499,28 +499,29 @@ def run(spec: dict) -> dict:
             return r
 
         def read(cold: bool):
-            # Warm: no separate warm-up; the cold load before it read the whole file, and this read
+            # Warm: no separate warm-up; the cold loads before it read the whole file, and this read
             # leaves the page cache as warm as a file of this size can be here (what fits).
             return worker(kind="raw-read", cold=cold)
 
         for policy in presets:
             for cold in (True, False):
+                # One reference read per temperature, just before the loads it is compared with
+                # (cold: every load drops the file's pages first, as the read did).
+                ref = read(cold)
                 if "core" not in skip:
-                    ref = read(cold)
                     r = worker(kind="core", policy=policy, cold=cold)
                     out["rows"].append(_load_row("core (quant.stream)", r, ref))
                 if "http" not in skip:
-                    ref = read(cold)
                     r = run_http(path, policy, cold, guard)
-                    # The tensors the load must change are decided by the plan (header + policy +
-                    # weight dtype): the core's row of the same preset has them (bf16, as the
-                    # host's --bf16-unet weight dtype).
+                    # The private bytes the load must take are decided by the plan (header +
+                    # policy + weight dtype): the core's run of the same preset has the estimate
+                    # for the host's weight dtype (bf16, as on a --bf16-unet host).
                     core_run = next(
                         (x for x in out["runs"] if x.get("kind") == "core" and x.get("policy") == policy), None
                     )
                     if core_run and core_run.get("converted_bytes"):
                         r["converted_bytes"] = {"total": core_run["converted_bytes"]["host_bf16"]}
-                    out["runs"].append({k: v for k, v in r.items()})
+                    out["runs"].append(dict(r))
                     _say(r)
                     out["rows"].append(_load_row("node over HTTP (--bf16-unet)", r, ref))
         # bf16: 2 bytes per weight (44 GB at full size) cannot fit; what happens to it is the row.

@@ -362,7 +362,7 @@ def block_fullsize(r: dict) -> str:
             "preset",
             "page cache",
             "load time",
-            "raw read (same temperature, just before)",
+            "raw read (same temperature, just before this preset's loads)",
             "load / read time",
             "file cached before the load",
             "private (RssAnon) after",
