@@ -201,3 +201,33 @@ def test_a_load_that_cannot_fit_the_ram_is_refused_before_it_starts(pack, monkey
     monkeypatch.setattr(errors, "ram_available", lambda: need["fp8-cast"] // 2)
     with pytest.raises(MemoryError, match="No mode fits the memory available now"):
         node.execute(path.name, policy="bf16")
+
+
+def test_the_load_shows_the_hosts_progress_bar_by_bytes(pack, tmp_path, monkeypatch, caplog):
+    """While it reads, the load drives comfy.utils.ProgressBar (the host's hook sends it to the
+    canvas) by file bytes, up to every byte it reads; the node's log line gives time and GB/s."""
+    import logging
+
+    import comfy.utils
+    import folder_paths
+
+    path = tmp_path / "m.safetensors"
+    write_checkpoint(path, _CFG, "ltx-core", seed=1)
+    calls = []
+    monkeypatch.setattr(
+        comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: calls.append((value, total))
+    )
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints", ([str(tmp_path)], {".safetensors"}))
+    node = importlib.import_module(pack.__name__ + ".nodes.loader").LTXFP8CheckpointLoader
+    with caplog.at_level(logging.INFO, logger="ltx_fp8"):
+        node.execute(path.name, policy="auto")
+    stream = pack.quant.stream
+    plan = pack.quant.plan.plan_checkpoint(str(path), "auto")
+    total = sum(stream.item_bytes(it) for _, _, it in stream.load_items(plan))
+    items = len(stream.load_items(plan))
+    assert 2 <= len(calls) <= min(202, items // 4), (len(calls), items)  # every 1/200 of the bytes, not per tensor
+    assert all(t == total for _, t in calls)
+    values = [v for v, _ in calls]
+    assert values == sorted(values) and values[-1] == total
+    line = next(r.getMessage() for r in caplog.records if "GB/s" in r.getMessage())
+    assert f"read {pack.quant.units.format_gb(total)} in " in line and "converted into private memory" in line
