@@ -132,6 +132,18 @@ def original_check(path: str, name: str, seed: int) -> bool:
     return bool(torch.equal(w, LF.reference_tensor(LF.REAL, name + ".weight", seed).to(w.dtype)))
 
 
+def _complete(path: str) -> bool:
+    """The planner accepts the file (a truncated one is refused: its last tensor ends past the end)."""
+    from quant.errors import CheckpointError
+    from quant.plan import plan_checkpoint
+
+    try:
+        plan_checkpoint(path, "auto")
+        return True
+    except (CheckpointError, OSError):
+        return False
+
+
 def run(profile: str, workdir: str) -> dict:
     from tools import ltx2_fixture as LF
 
@@ -144,10 +156,13 @@ def run(profile: str, workdir: str) -> dict:
             g = spec["generate"]
             path = os.path.join(spec.get("dir") or workdir, g["name"])
             cfg = LF.config(getattr(LF, g["base"]), **g.get("overrides", {}))
-            t0 = time.perf_counter()
-            LF.write_checkpoint(path, cfg, g["encoding"], seed=g.get("seed", 0), passengers=False)
             made = True
-            log(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
+            if os.path.exists(path) and _complete(path):  # left by an interrupted run: same generator
+                log(f"reusing {path}")
+            else:
+                t0 = time.perf_counter()
+                LF.write_checkpoint(path, cfg, g["encoding"], seed=g.get("seed", 0), passengers=False)
+                log(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
         if not os.path.exists(path):
             results["runs"].append({"file": path, "error": "file not found"})
             continue
