@@ -187,6 +187,15 @@ def _depths(api: dict) -> dict[str, int]:
 
     for nid in api:
         depth(nid)
+    # A source (a loader, a noise or sampler choice, an empty latent) goes in the column just before
+    # its first consumer rather than all in the first one: shorter links, a compact first column.
+    consumers: dict[str, list[str]] = {}
+    for nid in api:
+        for u in _layout_ups(api, nid):
+            consumers.setdefault(u, []).append(nid)
+    for nid in sorted(api, key=int):
+        if not _layout_ups(api, nid) and consumers.get(nid):
+            memo[nid] = max(0, min(memo[c] for c in consumers[nid]) - 1)
     return memo
 
 

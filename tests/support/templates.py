@@ -11,6 +11,9 @@ tools/make_thumbnails.py share.
 - `smaller(api, factor)`: the same prompt at 1/factor of the width and height (EmptyLTXVLatentVideo;
   frame count, frame rate and everything else unchanged): what CI runs (the shipped sizes take
   minutes per template on a CPU).
+- `run_in_editor(ed, host, name)`: the template loaded in a browser page (tests/support/browser),
+  run on the stand-ins for that page (queued over HTTP with the page's client id, text encoder
+  swapped, 1/4 size): its pack nodes then show the run. The page's graph stays the template.
 - `probe(path)`: the streams of a video file, read with PyAV (the host's own video library).
 """
 
@@ -108,6 +111,27 @@ def smaller(api: dict, factor: int) -> dict:
                     raise ValueError(f"{k} {v['inputs'][k]} / {factor} is not a multiple of 32")
                 v["inputs"][k] //= factor
     return p
+
+
+PACK_VIEW_NODES = ("LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport")
+
+
+def run_in_editor(ed, host, name: str, factor: int = 4, timeout_s: float = 900) -> tuple[dict, dict, dict]:
+    """(history entry, the page's views of the pack nodes, the UI workflow)."""
+    wf = load_ui(name)
+    ed.load_workflow(wf)
+    client = ed.page.evaluate("() => window.comfyAPI.api.api.clientId")
+    status, body = host.post_prompt(smaller(with_synthetic_text(load_api(name)), factor), client_id=client)
+    if status != 200:
+        raise RuntimeError(f"{name}: prompt refused ({status}): {json.dumps(body)[:3000]}")
+    entry = host.wait_history(body["prompt_id"], timeout=timeout_s)
+    if entry["status"].get("status_str") != "success":
+        raise RuntimeError(
+            f"{name}: run ended {entry['status'].get('status_str')}: {json.dumps(entry['status'])[:3000]}"
+        )
+    ids = [str(n["id"]) for n in wf["nodes"] if n["type"] in PACK_VIEW_NODES]
+    views = ed.wait_for_views(ids, timeout_s=60)
+    return entry, views, wf
 
 
 def probe(path: str | os.PathLike) -> dict:
