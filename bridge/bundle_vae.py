@@ -15,6 +15,8 @@ on the same file: it keeps only those two prefixes (comfy_extras/nodes_lt_audio.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import comfy.sd
 
 from ..quant.safetensors_header import open_checkpoint, read_tensor
@@ -34,8 +36,14 @@ def read_vae_state_dict(path: str) -> tuple[dict, dict[str, str]]:
         return sd, dict(index.metadata)
 
 
-def load_bundle_vae(path: str):
-    """(VAE, note): the host VAE of the bundle at `path`, note None; or the host's placeholder VAE
+class BundleVAE(NamedTuple):
+    vae: object  # comfy.sd.VAE
+    note: str  # one line for the load report
+    problem: bool  # `vae.` tensors were there and could not be built (worth a warning)
+
+
+def load_bundle_vae(path: str) -> BundleVAE:
+    """The host VAE of the bundle at `path` and a note describing it; or the host's placeholder VAE
     and a note saying why (for the load report and the log: never dropped silently).
 
     Placeholder: `comfy.sd.VAE(sd={})`, what the host's own loader returns for a checkpoint without
@@ -45,7 +53,8 @@ def load_bundle_vae(path: str):
     """
     sd, metadata = read_vae_state_dict(path)
     if not sd:
-        return comfy.sd.VAE(sd={}), f"VAE: none (no '{PREFIX}' tensors in the file); the VAE output fails if used"
+        note = f"VAE: none (no '{PREFIX}' tensors in the file); the VAE output fails if used"
+        return BundleVAE(comfy.sd.VAE(sd={}), note, False)
     reason = None
     try:
         vae = comfy.sd.VAE(sd=sd, metadata=metadata)
@@ -55,6 +64,7 @@ def load_bundle_vae(path: str):
         reason = f"the host could not build it: {type(e).__name__}: {e}"
     if reason:
         note = f"VAE: the {len(sd)} '{PREFIX}' tensors were not loaded ({reason}); the VAE output fails if used"
-        return comfy.sd.VAE(sd={}), note
+        return BundleVAE(comfy.sd.VAE(sd={}), note, True)
     n = sum(t.numel() for t in sd.values())
-    return vae, f"VAE: {type(vae.first_stage_model).__name__}, {len(sd)} tensors, {n / 1e6:.1f} M parameters"
+    note = f"VAE: {type(vae.first_stage_model).__name__}, {len(sd)} tensors, {n / 1e6:.1f} M parameters"
+    return BundleVAE(vae, note, False)

@@ -96,9 +96,8 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             patcher = build_model_patcher(prepared, load_device=device)
             report = build_report(plan)
             patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
-            vae, vae_note = load_bundle_vae(path)
+            bundle_vae = load_bundle_vae(path)
         log.info(report["summary"])
-        if vae.first_stage_model is None:
-            log.warning("%s: %s", ckpt_name, vae_note)
-        text = format_text(report) + "\n" + vae_note
-        return io.NodeOutput(patcher, text, vae, ui={"ltx_fp8": [json.dumps(badge(report))]})
+        (log.warning if bundle_vae.problem else log.info)("%s: %s", ckpt_name, bundle_vae.note)
+        text = format_text(report) + "\n" + bundle_vae.note
+        return io.NodeOutput(patcher, text, bundle_vae.vae, ui={"ltx_fp8": [json.dumps(badge(report))]})

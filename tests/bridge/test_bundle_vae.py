@@ -34,7 +34,8 @@ def test_the_vae_is_the_hosts_own_from_the_vae_tensors_and_header_config(env):
     from tools import ltx2_media
 
     bundle_vae, bundle = env
-    vae, note = bundle_vae.load_bundle_vae(str(bundle))
+    vae, note, problem = bundle_vae.load_bundle_vae(str(bundle))
+    assert not problem
     assert type(vae) is comfy.sd.VAE
     assert type(vae.first_stage_model).__name__ == "VideoVAE"
     assert vae.first_stage_model.config == ltx2_media.VIDEO_VAE_CONFIG  # from the header, not a default
@@ -75,8 +76,9 @@ def test_a_file_without_a_buildable_vae_gives_the_hosts_placeholder_and_says_why
     none, junk = tmp_path / "none.safetensors", tmp_path / "junk.safetensors"
     write_checkpoint(none, TINY, "ltx-core", passengers=False)
     write_checkpoint(junk, TINY, "ltx-core")  # placeholder vae.* tensors: not a VAE
-    for path, words in ((none, "no 'vae.' tensors"), (junk, "were not loaded")):
-        vae, note = bundle_vae.load_bundle_vae(str(path))
+    for path, words, problem in ((none, "no 'vae.' tensors", False), (junk, "were not loaded", True)):
+        vae, note, warn = bundle_vae.load_bundle_vae(str(path))
+        assert warn is problem, path
         assert vae.first_stage_model is None, path
         assert words in note and "fails if used" in note, note
         with pytest.raises(RuntimeError, match="VAE is invalid"):
