@@ -28,7 +28,10 @@ def main(argv=None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file")
     common.add_argument(
-        "--policy", default="auto", help="preset and rules, e.g. 'fp8-cast; transformer_blocks.0.*=bf16'"
+        "--policy",
+        default="auto",
+        help="preset, rules and an optional weight budget, e.g. 'fp8-cast; transformer_blocks.0.*=bf16' "
+        "or 'auto; budget=20GB'",
     )
     common.add_argument("--activation-scale", default="static", choices=("static", "dynamic"))
     common.add_argument("--backend", default="auto", choices=("auto", "torch", "tensorrt-llm"))
@@ -40,6 +43,15 @@ def main(argv=None) -> int:
     ver = sub.add_parser("verify", parents=[common], help="per-layer error against a reference file")
     ver.add_argument("--reference", required=True)
     ver.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    ver.add_argument(
+        "--budget-moved", action="store_true", help="only the layers the policy's weight budget moved to fp8"
+    )
+    ver.add_argument(
+        "--budget-dtype",
+        default="bfloat16",
+        choices=sorted(_DTYPES),
+        help="the dtype a policy's budget counts full-precision weights in (inspect's --dtype)",
+    )
     con = sub.add_parser(
         "convert",
         help="write an fp8 bundle: SRC streamed through the load policy into OUT, one tensor at a time",
@@ -87,6 +99,8 @@ def main(argv=None) -> int:
                 activation=args.activation_scale,
                 backend=args.backend,
                 device=args.device,
+                budget_dtype=_DTYPES[args.budget_dtype],
+                moved_only=args.budget_moved,
             )
             print(json.dumps(result, indent=1) if args.json else _verify_text(result))
     except (CheckpointError, PolicyError, BackendUnavailable, ValueError, OSError) as e:
@@ -149,6 +163,15 @@ def _verify_text(result: dict) -> str:
         lines.append(f"{name:60s} {r['mode']:9s} {r['weight_rel_err']:15.3e} {r['output_rel_err']:15.3e}")
     for k, v in result["max"].items():
         lines.append(f"max {k}: {v:.3e}")
+    b = result.get("budget")
+    if b:
+        p, w, o = b["predicted_error"], b["measured_weight_error"], b["measured_output_error"]
+        lines.append(
+            f"budget {b['budget']}: {b['moved_layers']} layers moved to fp8; weight error predicted worst "
+            f"{p['worst']:.3e} / weighted mean {p['weighted_mean']:.3e}, measured worst {w['worst']:.3e} / "
+            f"weighted mean {w['weighted_mean']:.3e}; output error measured worst {o['worst']:.3e} / "
+            f"weighted mean {o['weighted_mean']:.3e}"
+        )
     return "\n".join(lines)
 
 
