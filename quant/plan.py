@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from . import scale_range
 from .backends import resolve_backend
 from .device import DeviceCaps, device_caps
 from .encodings import FULL_DTYPES, FileContents, LayerSource, classify, detect_prefix
@@ -26,6 +27,7 @@ from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, re
 from .modes import Fallback, ModeDecision, decide_mode, fallback_warning
 from .policy import Policy
 from .safetensors_header import HeaderIndex, read_header, read_tensor
+from .scale_range import implausible_warning
 
 log = logging.getLogger("ltx_fp8")
 
@@ -186,7 +188,11 @@ def plan_checkpoint(
         _refuse_non_float(contents)
         layout, warnings = decide_layout(contents.layers, path, linear_shapes)
         warnings = contents.warnings + warnings
-        layers = [_plan_layer(src, f, index, layout, policy, caps) for src in contents.layers.values()]
+        implausible: list[tuple[str, str]] = []
+        layers = [_plan_layer(src, f, index, layout, policy, caps, implausible) for src in contents.layers.values()]
+    if implausible:
+        warnings.append(implausible_warning(implausible))
+        log.warning("%s: %s", path, warnings[-1])
     plan = LoadPlan(
         path,
         index,
@@ -353,7 +359,13 @@ def _refuse_unexpected(contents: FileContents, allow: bool) -> None:
 
 
 def _plan_layer(
-    src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision, policy: Policy, caps: DeviceCaps
+    src: LayerSource,
+    f,
+    index: HeaderIndex,
+    layout: LayoutDecision,
+    policy: Policy,
+    caps: DeviceCaps,
+    implausible: list[tuple[str, str]],
 ) -> LayerPlan:
     path = index.path
     transposed = (layout.fp8 if src.stored_fp8 else layout.full) == IN_OUT
@@ -369,11 +381,14 @@ def _plan_layer(
     scale = input_scale = None
     if src.stored_fp8:
         scale = check_scale(read_tensor(f, src.scale, path), out_f, src.name, path, src.scale.name)
+        found = [scale_range.check_weight_scale(scale, src.name, path, src.scale.name)]
         if src.input_scale is not None:
             raw = read_tensor(f, src.input_scale, path)
             # Legacy scaled-fp8 files write scale_input = 1.0 to mean "no static scale".
             if not (src.encoding == "comfy-legacy" and raw.numel() == 1 and float(raw.float()) == 1.0):
                 input_scale = check_input_scale(raw, src.name, path, src.input_scale.name)
+                found.append(scale_range.check_input_scale(input_scale, src.name, path, src.input_scale.name))
+        implausible += [(src.name, what) for what in found if what]
     decision = decide_mode(policy, src.name, (out_f, in_f), _stored_e4m3(src), caps)
     return LayerPlan(src, decision, transposed, scale, input_scale, _conversion(src, decision))
 
