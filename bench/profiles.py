@@ -113,7 +113,8 @@ BUDGET_PROFILES = {
             "weighted mean 2.649e-02; measured by `verify` against the original bf16 weights: weight error worst "
             "2.653e-02 / mean 2.649e-02, output error worst 2.759e-02 / mean 2.648e-02 (832 s). Its planning "
             "took 298 s against 15-34 s to read the candidates once (CPU-bound on the loaded machine), which is "
-            "why the sample is now 1 M weights; the run above re-measures the planning time.",
+            "why the sample is now smaller (256 K weights, one compute thread, reused read buffers); "
+            "see the planning-time notes.",
         ],
     },
     "smoke": {
