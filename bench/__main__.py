@@ -1,7 +1,9 @@
-"""`python -m bench [--quick | --smoke] [--out bench/results.json] [--md BENCHMARKS.md]`
+"""`python -m bench [--quick | --smoke | --full] [--out bench/results.json] [--md BENCHMARKS.md]`
 
 One run measures every group against its reference in the same run and writes results.json,
 the generated tables of BENCHMARKS.md and the PNG plots. See bench/__init__.py.
+`--full` runs the full-size profile alone (bench/fullsize.py: the 48-block bundle) and writes its
+section (`fullsize`) into results.json and BENCHMARKS.md, keeping the other sections as they are.
 """
 
 from __future__ import annotations
@@ -267,6 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="one block, fewer token counts (a few minutes)")
     g.add_argument("--smoke", action="store_true", help="tiny widths, seconds (the smoke test)")
+    g.add_argument("--full", action="store_true", help="the full-size profile alone (bench/fullsize.py)")
+    ap.add_argument(
+        "--full-file", default=None, help="--full: the bundle (default bench/out/full/; written once if missing)"
+    )
+    ap.add_argument("--full-blocks", type=int, default=48, help="--full: blocks of a bundle to write (48)")
+    ap.add_argument("--full-presets", default=None, help="--full: comma list (default auto,fp8-cast,scaled-mm)")
+    ap.add_argument("--full-skip", default="", help="--full: comma list of core,http,bf16,forward,host")
+    ap.add_argument("--full-forward", default=None, help="--full: presets of the whole-model forward (all)")
+    ap.add_argument(
+        "--watchdog-gib", type=float, default=14.0, help="--full: kill a load past this private memory (GiB)"
+    )
+    ap.add_argument(
+        "--min-available-gib", type=float, default=1.0, help="--full: kill a load when less RAM is available (GiB)"
+    )
     ap.add_argument("--out", default=None, help="results JSON (default bench/results.json; smoke: required)")
     ap.add_argument(
         "--md", default=None, help="BENCHMARKS.md to update (default: repo BENCHMARKS.md; smoke: next to --out)"
@@ -292,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     os.makedirs(side, exist_ok=True)
+    if a.full:
+        return run_full(a, out, md)
 
     t0 = time.perf_counter()
     log(f"profile {prof.name}; results -> {out}")
@@ -364,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - t0
     results["targets"] = targets.evaluate(results)
+    previous = _read_results(out)
+    if previous.get("fullsize"):  # measured by `--full` runs: kept until the next one
+        results["fullsize"] = previous["fullsize"]
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     log(f"wrote {out}")
@@ -371,6 +392,41 @@ def main(argv: list[str] | None = None) -> int:
     render.update_markdown(results, md, plots_rel=os.path.relpath(plots, os.path.dirname(md)), made=made)
     log(f"wrote {md} and {len(made)} plots in {plots} ({results['elapsed_s']:.0f} s)")
     for t in results["targets"]:
+        log(f"target: {t['status']:>12s}  {t['target']}: {t['measured']}")
+    return 0
+
+
+def _read_results(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def run_full(a, out: str, md: str) -> int:
+    """The full-size profile: results["fullsize"] and BENCHMARKS.md's full-size block only."""
+    from . import fullsize
+
+    spec = {
+        "file": a.full_file,
+        "blocks": a.full_blocks,
+        "presets": [p.strip() for p in a.full_presets.split(",")] if a.full_presets else None,
+        "skip": [s.strip() for s in a.full_skip.split(",") if s.strip()],
+        "forward_presets": [p.strip() for p in a.full_forward.split(",")] if a.full_forward else None,
+        "watchdog_gib": a.watchdog_gib,
+        "min_available_gib": a.min_available_gib,
+    }
+    log(f"profile full-size; results -> {out}")
+    fs = fullsize.run(spec)
+    fs["machine"] = machine_info()
+    results = _read_results(out)
+    results["fullsize"] = fs
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    render.update_markdown(results, md, only=("fullsize",))
+    log(f"wrote {out} and the full-size block of {md} ({fs['elapsed_s']:.0f} s)")
+    for t in fs["targets"]:
         log(f"target: {t['status']:>12s}  {t['target']}: {t['measured']}")
     return 0
 

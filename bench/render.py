@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-BLOCKS = ("machine", "targets", "load", "memory", "forward", "fidelity", "gpu", "breakdown", "plots")
+BLOCKS = ("machine", "targets", "load", "memory", "forward", "fidelity", "gpu", "breakdown", "plots", "fullsize")
 
 SKELETON = """# Benchmarks
 
@@ -317,6 +317,149 @@ def block_gpu(r: dict) -> str:
     return f"Measured on {gpu.get('device')}.\n\n" + block_forward(r, gpu.get("forward", {}))
 
 
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def block_fullsize(r: dict) -> str:
+    """The full-size profile (bench/fullsize.py): `make bench FULL=1` writes results["fullsize"]."""
+    fs = r.get("fullsize")
+    if not fs:
+        return "_Full size: not measured in this results file (`make bench FULL=1`)._"
+    f = fs.get("file", {})
+    la0 = ", ".join(f"{x:.2f}" for x in fs.get("loadavg_start", []))
+    la1 = ", ".join(f"{x:.2f}" for x in fs.get("loadavg_end", []))
+    head = (
+        f"File: `{f.get('name')}`, {_gb(f.get('bytes'))} ({f.get('blocks')} blocks, {f.get('fp8_layers')} fp8 layers, "
+        f"{_gb(f.get('fp8_bytes'))} of fp8 codes). Machine memory {_gib(fs.get('mem_total'))}, available at the start "
+        f"{_gib(fs.get('mem_available_start'))}; load average {la0} at the start, {la1} at the end (2 cores, shared "
+        f"with other jobs: other sessions' tests and builds ran beside this run). Watchdog: private memory "
+        f"limit {fs['watchdog']['private_limit_gib']:.1f} GiB, system memory available floor "
+        f"{fs['watchdog']['min_available_gib']:.1f} GiB. Run took {_s(fs.get('elapsed_s'))}."
+    )
+    rows = []
+    for x in fs.get("rows", []):
+        rows.append(
+            [
+                x["route"],
+                x["policy"],
+                x["temperature"],
+                x["watchdog"] or (f"error: {x['error'][:160]}" if x["error"] else _s(x["load_s"])),
+                _s(x["read_s"]),
+                _x(x["time_vs_read"]),
+                "-" if x.get("cached_before_load") is None else _gb(x["cached_before_load"]),
+                _gib(x["private_after"]),
+                _gib(x["private_after_increase"]),
+                _gib(x["private_peak"]),
+                _gib(x["file_backed_after"]),
+                _gib(x["file_backed_peak"]),
+                _gb(x["converted_bytes"]),
+            ]
+        )
+    table = _table(
+        [
+            "route",
+            "preset",
+            "page cache",
+            "load time",
+            "raw read (same temperature, just before this preset's loads)",
+            "load / read time",
+            "file cached before the load",
+            "private (RssAnon) after",
+            "private: increase by the load",
+            "private peak",
+            "file-backed (RssFile) after",
+            "file-backed peak",
+            "tensors that had to change",
+        ],
+        rows,
+    )
+    parts = [head, table]
+    bf = fs.get("bf16") or {}
+    if bf:
+        parts.append(
+            _table(
+                ["bf16 (44 GB of weights at full size)", "outcome", "after", "private growth", "message"],
+                [
+                    [
+                        k,
+                        v["outcome"],
+                        _s(v.get("seconds")),
+                        _gib(v.get("private_growth_bytes")),
+                        (v.get("message") or "-")[:300],
+                    ]
+                    for k, v in bf.items()
+                ],
+            )
+        )
+    vr = [x for x in fs.get("runs", []) if x.get("kind") == "http" and x.get("vram_report")]
+    if vr:
+        vrows = []
+        for x in vr:
+            h = x["vram_report"].get("holdings") or {}
+            modes = ", ".join(
+                f"{k} {_gb(v['bytes'])} ({v['layers']} layers)" for k, v in sorted(h.get("modes", {}).items())
+            )
+            vrows.append(
+                [
+                    x["policy"],
+                    "cold" if x["cold"] else "warm",
+                    _gb(h.get("total_bytes")),
+                    modes or "-",
+                    _gb((h.get("other") or {}).get("bytes")),
+                    _gb(x["vram_report"].get("resident_bytes")),
+                    _gib((x["vram_report"].get("device") or {}).get("process_rss_bytes")),
+                ]
+            )
+        parts.append(
+            "VRAM Report (the node's JSON, same prompt):\n\n"
+            + _table(["preset", "page cache", "total", "by mode", "other tensors", "resident", "process RSS"], vrows)
+        )
+    fw = fs.get("forward") or []
+    if fw:
+        frows = []
+        for x in fw:
+            fo = x.get("forward") or {}
+            lay = fo.get("layers") or {}
+            frows.append(
+                [
+                    x["policy"],
+                    x.get("error") or fo.get("error") or _s(fo.get("seconds")),
+                    fo.get("tokens") and f"{fo['tokens']['video']} video + {fo['tokens']['audio']} audio",
+                    fo.get("finite"),
+                    "; ".join(
+                        f"{v['name']} ({v.get('mode')}, {v.get('weight_dtype')}): {_e(v.get('rel_error_vs_float64'))}"
+                        for v in lay.values()
+                    )
+                    or "-",
+                    _gib(fo.get("anon_after")),
+                ]
+            )
+        parts.append(
+            "One forward of the whole model (in-process, the node's build path), sampled layers vs float64 math on the "
+            "same input (relative error of the layer output):\n\n"
+            + _table(["preset", "forward time", "tokens", "output finite", "sampled layers", "private after"], frows)
+        )
+    hl = fs.get("host_loader") or {}
+    if hl:
+        row = hl.get("row") or {}
+        parts.append(
+            f"Host's own loader (`comfy.sd.load_diffusion_model`) on the ComfyUI-format copy `{hl.get('copy')}` "
+            f"(written in {_s((hl.get('copy_made') or {}).get('seconds'))}, deleted after): "
+            f"{hl.get('error') or hl.get('result')}; raw read of the copy (cold) {_s(row.get('read_s'))}; "
+            f"private peak {_gib(row.get('private_peak'))}."
+        )
+    tg = fs.get("targets") or []
+    if tg:
+        parts.append(
+            _table(
+                ["full-size target", "status", "measured"],
+                [[t["target"], f"**{t['status']}**", t["measured"]] for t in tg],
+            )
+        )
+    return "\n\n".join(parts)
+
+
 def block_breakdown(r: dict) -> str:
     fwd = r.get("forward", {})
     lb = fwd.get("load_breakdown")
@@ -352,18 +495,20 @@ def block_plots(r: dict, plots_rel: str, made: list[str]) -> str:
     return "\n".join(f"![{os.path.splitext(n)[0]}]({plots_rel}/{n})" for n in made)
 
 
-def render_blocks(r: dict, plots_rel: str, made: list[str]) -> dict[str, str]:
-    return {
-        "machine": block_machine(r),
-        "targets": block_targets(r),
-        "load": block_load(r),
-        "memory": block_memory(r),
-        "forward": block_forward(r),
-        "fidelity": block_fidelity(r),
-        "gpu": block_gpu(r),
-        "breakdown": block_breakdown(r),
-        "plots": block_plots(r, plots_rel, made),
+def render_blocks(r: dict, plots_rel: str, made: list[str], only: tuple[str, ...] = ()) -> dict[str, str]:
+    makers = {
+        "machine": lambda: block_machine(r),
+        "targets": lambda: block_targets(r),
+        "load": lambda: block_load(r),
+        "memory": lambda: block_memory(r),
+        "forward": lambda: block_forward(r),
+        "fidelity": lambda: block_fidelity(r),
+        "gpu": lambda: block_gpu(r),
+        "breakdown": lambda: block_breakdown(r),
+        "plots": lambda: block_plots(r, plots_rel, made),
+        "fullsize": lambda: block_fullsize(r),
     }
+    return {k: f() for k, f in makers.items() if not only or k in only}
 
 
 _TITLES = {
@@ -376,11 +521,15 @@ _TITLES = {
     "gpu": "5. GPU",
     "breakdown": "Where the time goes (profiles from the same run)",
     "plots": "Plots",
+    "fullsize": "Full size: the 48-block bundle (`make bench FULL=1`)",
 }
 
 
-def update_markdown(r: dict, path: str, plots_rel: str = "bench/plots", made: list[str] | None = None) -> None:
-    blocks = render_blocks(r, plots_rel, made or [])
+def update_markdown(
+    r: dict, path: str, plots_rel: str = "bench/plots", made: list[str] | None = None, only: tuple[str, ...] = ()
+) -> None:
+    """Replace the generated blocks (`only`: just these) in `path`, creating it if missing."""
+    blocks = render_blocks(r, plots_rel, made or [], only)
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()

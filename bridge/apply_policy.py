@@ -13,14 +13,29 @@ from dataclasses import replace
 
 import torch
 
+from ..quant.budget import (
+    KEPT_BY_AUTHOR,
+    KEPT_CODES,
+    MEASURED,
+    BudgetError,
+    BudgetFit,
+    Candidate,
+    add_pin,
+    choose,
+    fp8_relative_error,
+    impossible_message,
+)
 from ..quant.device import DeviceCaps
 from ..quant.fp8 import Fp8Weight
+from ..quant.holdings import fp8_weight_bytes
 from ..quant.layer import QuantLayer
+from ..quant.ltx2_shapes import is_sensitive
 from ..quant.modes import decide_mode
 from ..quant.policy import Policy
 from . import model_view
 from .host_linear import QuantHostLinear
 from .host_model import make_ops
+from .vram import model_rows
 
 
 def _plain(w: torch.Tensor) -> torch.Tensor:
@@ -46,9 +61,21 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
     ops = make_ops(getattr(model, "manual_cast_dtype", None) is not None)
     full_dtype = model.get_dtype() if not str(model.get_dtype()).startswith("torch.float8") else torch.bfloat16
     counts, changed, allocated, notes = Counter(), Counter(), 0, []
+    entries = []
     for name, module in model_view.linears(patcher).items():
         layer = _current(module, model_view.original_weight(patcher, name, module))
         decision = decide_mode(policy, name, (layer.out_features, layer.in_features), layer.quantized, caps)
+        entries.append((name, module, layer, decision))
+    budget = None
+    if policy.budget is not None:
+        moving, budget = _fit_budget(patcher, policy, entries, full_dtype, per_row_quant)
+        entries = [
+            (n, m, lay, decide_mode(policy, n, (lay.out_features, lay.in_features), lay.quantized, caps, True))
+            if n in moving
+            else (n, m, lay, d)
+            for n, m, lay, d in entries
+        ]
+    for name, module, layer, decision in entries:
         mode = decision.mode
         counts[mode] += 1
         if decision.fallback:
@@ -75,7 +102,58 @@ def apply_policy(patcher, policy: Policy, caps: DeviceCaps, activation="static",
         "allocated_bytes": allocated,
         "notes": notes,
         "policy": policy.to_string(),
+        "budget": budget,
     }
+
+
+def _held_bytes(layer: QuantLayer, mode: str, full_dtype: torch.dtype, per_row_quant: bool) -> int:
+    """Bytes `layer` will hold in `mode` after the swap: its own tensors when its storage stays, a
+    dequantized copy in the model's dtype, or fresh fp8 codes with their scale."""
+    if (mode == "bf16") != layer.quantized:
+        return layer.weight_bytes()
+    if mode == "bf16":
+        return layer.out_features * layer.in_features * full_dtype.itemsize
+    return fp8_weight_bytes(layer.out_features, layer.in_features, per_row_quant, False)
+
+
+def _fit_budget(patcher, policy: Policy, entries, full_dtype, per_row_quant) -> tuple[set[str], dict]:
+    """Which full-precision layers go fp8 for the returned MODEL to fit the policy's budget: the
+    loader's rules (quant/budget.py) on the live weights, which are in memory (nothing to read)."""
+    target = policy.budget_bytes
+    _, others, _ = model_rows(patcher)
+    other_bytes = sum(r.bytes for r in others)
+    held = {n: _held_bytes(lay, d.mode, full_dtype, per_row_quant) for n, _, lay, d in entries}
+    unbudgeted = sum(held.values()) + other_bytes
+    has_fp8 = any(lay.quantized for _, _, lay, _ in entries)
+    pool, pinned, fp8_floor = [], {}, 0
+    for n, _, lay, d in entries:
+        rule = policy.rule_for(n) if d.mode == "bf16" else None
+        fp8 = _held_bytes(lay, "fp8-cast", full_dtype, per_row_quant)
+        if rule is not None:
+            add_pin(pinned, rule, held[n])
+            continue
+        fp8_floor += fp8
+        if d.mode != "bf16":
+            continue
+        if lay.quantized:
+            tier, err = KEPT_CODES, 0.0
+        else:
+            tier = KEPT_BY_AUTHOR if has_fp8 or is_sensitive(n) else MEASURED
+            err = None  # measured below, only when the budget needs it
+        pool.append([n, lay, held[n] - fp8, tier, err])
+    minimum = unbudgeted - sum(c[2] for c in pool)
+    if minimum > target:
+        msg = impossible_message(policy, target, minimum, len(pool), pinned, other_bytes, fp8_floor, full_dtype)
+        raise BudgetError(msg)
+    moved, total = [], unbudgeted
+    if unbudgeted > target:
+        for c in pool:
+            if c[4] is None:
+                c[4] = fp8_relative_error(c[1].weight, per_row_quant)
+        cands = [Candidate(n, lay.out_features * lay.in_features, s, t, e) for n, lay, s, t, e in pool]
+        moved, total = choose(cands, unbudgeted, target)
+    fit = BudgetFit(policy.budget, target, total, unbudgeted, minimum, len(pool), tuple(moved))
+    return {c.name for c in moved}, fit.as_dict()
 
 
 def _size_with_patches(patcher) -> int:

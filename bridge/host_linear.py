@@ -8,6 +8,7 @@ fp8 layer is merged at full precision and re-quantized with a fresh scale, never
 
 from __future__ import annotations
 
+import logging
 import weakref
 
 import comfy.model_management
@@ -15,9 +16,11 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 
-from ..quant.fp8 import Fp8Weight
+from ..quant.fp8 import E4M3_MAX, FP8, Fp8Weight
 from ..quant.layer import QuantLayer
 from ..quant.linear import linear_forward
+
+log = logging.getLogger("ltx_fp8")
 
 
 def _meta_param(shape, dtype):
@@ -45,6 +48,7 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         self.activation = "static"
         self.backend = "torch"
         self.quant_source = "full-precision"
+        self.layer_name = ""
         # (weakref to the codes Parameter a LoRA merge wrote, their fresh scale). ComfyUI's
         # ModelPatcher.unpatch_model puts the backup Parameter back: the identity check in fp8()
         # then pairs the file's codes with the file's scale again. Only a weakref: the merged codes
@@ -68,6 +72,7 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         self.activation = activation
         self.backend = backend
         self.quant_source = layer.source
+        self.layer_name = layer.name
         self._merged = None
         return self
 
@@ -95,16 +100,38 @@ class QuantHostLinear(comfy.ops.manual_cast.Linear):
         scale = fp8.scale_like(weight)
         return weight.mul_(scale) if inplace else weight * scale
 
-    # The host also passes `inplace_update` and `seed` (for its stochastic rounding): a re-quantized
-    # weight is always a new Parameter, and amax scaling is deterministic.
-    def set_weight(self, weight, return_weight=False, **_host_kwargs):
-        """Re-quantize a patched full-precision weight with a fresh amax scale; keep input_scale."""
+    # The host also passes `seed` (for its stochastic rounding): amax scaling is deterministic.
+    def set_weight(self, weight, return_weight=False, inplace_update=False, **_host_kwargs):
+        """Re-quantize a patched full-precision weight with a fresh amax scale; keep input_scale.
+
+        `inplace_update` (ComfyUI 0.30 comfy/model_patcher.py: `weight_inplace_update`, and
+        `patch_hook_weight_to_device` for hook LoRAs, which restores with `comfy.utils.copy_to_param`):
+        the host backs up and restores only the weight's bytes, in place, so the codes must stay
+        valid with the scale in force: they are written in place at that scale (values beyond its
+        range saturate at the e4m3 max, and the log says so). A file-backed weight is a copy-on-write
+        mapping: the write privatises the pages it touches and never reaches the file."""
         fp8 = self.fp8()
         if fp8 is None:
             out = weight.to(self.weight.dtype)
             if return_weight:
                 return out
+            if inplace_update:
+                self.weight.data.copy_(out)
+                return None
             self.weight = torch.nn.Parameter(out, requires_grad=False)
+            return None
+        if inplace_update and not return_weight:
+            scale = fp8.scale_like(weight)
+            w = weight / scale
+            over = float(w.abs().amax()) > E4M3_MAX
+            if over:
+                log.warning(
+                    "layer %s: the in-place LoRA update exceeds the fp8 range of the layer's scale; "
+                    "values beyond it saturate (a regular, not in-place, patch re-scales instead)",
+                    self.layer_name or f"[{self.out_features}, {self.in_features}]",
+                )
+            codes = w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
+            self.weight.data.copy_(codes.to(self.weight.device))
             return None
         merged = fp8.requantize(weight)
         if return_weight:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 from dataclasses import dataclass, replace
 
 import comfy.model_detection
@@ -21,10 +22,13 @@ import comfy.ops
 import comfy.utils
 import torch
 
+from ..quant import in_use
+from ..quant.budget import fit_budget
 from ..quant.errors import CheckpointError
 from ..quant.layer import QuantLayer
 from ..quant.plan import LoadPlan
-from ..quant.stream import iter_load
+from ..quant.stream import item_bytes, iter_load, load_items
+from .errors import refuse_if_too_big
 from .host_linear import QuantHostLinear
 
 
@@ -180,24 +184,51 @@ class HostPlan:
 
 def host_plan(plan: LoadPlan, load_device) -> HostPlan:
     model_config, weight_dtype, manual = detect(plan, load_device)
-    return HostPlan(replace(plan, compute_dtype=weight_dtype), model_config, manual)
+    derived = replace(plan, compute_dtype=weight_dtype)
+    if plan.budget is not None and weight_dtype != plan.compute_dtype:
+        # A weight budget counts bytes in the dtype the model holds: fit it again for the host's
+        # (the errors measured for the first fit are reused, nothing is read twice).
+        derived = fit_budget(derived)
+    return HostPlan(derived, model_config, manual)
+
+
+class _BytesProgress:
+    """The host's progress bar (comfy.utils.ProgressBar, as its own long nodes use) by file bytes
+    read, updated every 1/200 of the load: one websocket message per tensor would be thousands."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.shown = max(total, 1), 0, 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.done - self.shown >= self.total // 200 or self.done >= self.total:
+            self.shown = self.done
+            self.bar.update_absolute(min(self.done, self.total), self.total)
 
 
 def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_device=None):
     """The host's LTXAV ModelPatcher with every layer as the plan says. All or nothing: on any
     error the partly built model is dropped before the error propagates, so no half-loaded model
-    is ever cached by the host."""
+    is ever cached by the host. A load whose converted weights cannot fit the RAM available is
+    refused before anything is built (bridge/errors.refuse_if_too_big).
+
+    The host's modules get the loaded tensors themselves: those that need no conversion stay
+    file-backed (quant/stream.py), and the other tensors arrive in the host's weight dtype, so
+    with a bf16 weight dtype (GPUs, `--bf16-unet`) the file's bf16 tensors are not copied either."""
     load_device = load_device or comfy.model_management.get_torch_device()
     offload_device = offload_device or comfy.model_management.unet_offload_device()
     hp = plan if isinstance(plan, HostPlan) else host_plan(plan, load_device)
     plan, model_config, weight_dtype = hp.plan, hp.model_config, hp.plan.compute_dtype
+    refuse_if_too_big(plan, os.path.basename(plan.path), tensor_dtype=weight_dtype)
     model_config.custom_operations = make_ops(hp.manual_cast is not None)
     model = dm = linears = target = item = patcher = None
     try:
         model = model_config.get_model({}, "")
         dm = model.diffusion_model
         linears = _check_skeleton(plan, dm)
-        for name, item in iter_load(plan, "cpu", tensor_dtype=weight_dtype):
+        progress = _BytesProgress(sum(item_bytes(it) for _, _, it in load_items(plan)))
+        for name, item in iter_load(plan, "cpu", tensor_dtype=weight_dtype, progress=progress):
             # A user's Cancel during a multi-GB load stops it here, between tensors.
             comfy.model_management.throw_exception_if_processing_interrupted()
             if isinstance(item, QuantLayer):
@@ -205,8 +236,9 @@ def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_dev
             else:
                 target = comfy.utils.get_attr(dm, name)
                 with torch.no_grad():
-                    target.data = item.to(target.dtype)
+                    target.data = item.to(target.dtype)  # no copy: iter_load cast it already
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        in_use.register(plan.path, model)  # no writer of this pack replaces the file under the model
         if not comfy.model_management.is_device_cpu(offload_device):
             model.to(offload_device)
         return patcher

@@ -11,6 +11,7 @@ from ..bridge.errors import node_error
 from ..bridge.vram import model_holdings
 from ..quant.backends import resolve_backend
 from ..quant.device import device_caps
+from ..quant.report import budget_figures, budget_line
 from ..quant.units import format_gb
 from .inputs import policy_inputs, read_policy
 
@@ -45,18 +46,23 @@ class LTXFP8ApplyQuantPolicy(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+    def execute(
+        cls, model, policy="auto", rules="", activation_scale="static", backend="auto", weight_budget=""
+    ) -> io.NodeOutput:
         with node_error("Apply Quant Policy"):
-            pol = read_policy(policy, rules)
+            pol = read_policy(policy, rules, weight_budget)
             caps = device_caps(model.load_device)
             resolved = resolve_backend(backend) if caps.fp8_gemm else "torch"
             clone, summary = apply_policy(model, pol, caps, activation_scale, resolved)
             old = model.model_options.get("ltx_fp8", {}).get("label", "model")
-            clone.model_options["ltx_fp8"] = {"label": f"{old} -> [{pol.to_string()}]"}
+            budget = budget_figures(summary["budget"])
+            clone.model_options["ltx_fp8"] = {"label": f"{old} -> [{pol.to_string()}]", "budget": budget}
             # The badge (web/ltx_fp8.js): what the returned MODEL holds, beside what changed.
-            badge = {**summary, "holdings": model_holdings(clone)}
+            badge = {**summary, "holdings": model_holdings(clone), "budget": budget}
         text = (
             f"policy {summary['policy']}: layers by mode {summary['layers_by_mode']}; changed "
             f"{summary['changed']}; newly allocated {format_gb(summary['allocated_bytes'])}"
         )
+        if summary["budget"]:
+            text += f"; {budget_line(summary['budget'])}; holds {format_gb(badge['holdings']['total_bytes'])}"
         return io.NodeOutput(clone, text, ui={"ltx_fp8": [json.dumps(badge)]})

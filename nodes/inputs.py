@@ -36,6 +36,16 @@ BACKEND_TOOLTIP = (
 )
 
 
+WEIGHT_BUDGET_TOOLTIP = (
+    "Optional ceiling on the MODEL's weight memory, e.g. '20GB', '20 GB' or '18.5GiB' (B, KB, MB, GB count "
+    "in powers of 1000; KiB, MiB, GiB in powers of 1024); empty: no budget. Counts what the load report's "
+    "total and the VRAM Report show: every weight, scale and other tensor held. While the model is larger, "
+    "full-precision layers go fp8 (1 byte per weight instead of 2), least harmful first by their measured "
+    "fp8 error; layers your rules name keep their mode. Refused, before loading, when even the smallest "
+    "model cannot fit. The same as a 'budget=SIZE' line in rules; both set must agree. Any GPU or CPU."
+)
+
+
 def policy_inputs() -> list:
     return [
         io.Combo.Input("policy", options=list(PRESETS), default="auto", tooltip=POLICY_TOOLTIP),
@@ -48,8 +58,12 @@ def policy_inputs() -> list:
             tooltip=ACTIVATION_TOOLTIP,
         ),
         io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True, tooltip=BACKEND_TOOLTIP),
+        # Appended last: saved workflows link inputs by position.
+        io.String.Input("weight_budget", default="", optional=True, tooltip=WEIGHT_BUDGET_TOOLTIP),
     ]
 
 
-def read_policy(policy: str, rules: str | None) -> Policy:
-    return Policy(policy).with_rules(rules or "")
+def read_policy(policy: str, rules: str | None, weight_budget: str | None = "") -> Policy:
+    """The preset, the rules (which may hold a `budget=SIZE` term) and the weight_budget input; two
+    budgets that differ are refused (quant.policy.Policy.with_budget)."""
+    return Policy(policy).with_rules(rules or "").with_budget(weight_budget or "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import comfy.model_management
 from comfy_api.latest import io
@@ -14,7 +15,9 @@ from ..bridge.errors import node_error
 from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
 from ..quant.plan import plan_checkpoint
-from ..quant.report import build_report, format_text
+from ..quant.report import budget_figures, build_report, format_text
+from ..quant.stream import item_bytes, load_items, private_bytes, weights_in_ram
+from ..quant.units import format_gb
 from .inputs import policy_inputs, read_policy
 from .paths import MODEL_FOLDERS, checkpoint_names, resolve_checkpoint
 
@@ -35,7 +38,19 @@ def badge(report: dict) -> dict:
         "policy": report["policy"],
         "file": os.path.basename(report["file"]),
         "warnings": len(report["warnings"]),
+        "budget": budget_figures(report.get("budget")),
     }
+
+
+def load_line(plan, seconds: float) -> str:
+    """Time, throughput and where the weights live, for the summary log line."""
+    read = sum(item_bytes(item) for _, _, item in load_items(plan))
+    private = private_bytes(plan, plan.compute_dtype)
+    where = "in RAM (LTX_FP8_WEIGHTS=ram)" if weights_in_ram() else "the rest file-backed"
+    return (
+        f"read {format_gb(read)} in {seconds:.1f} s ({read / max(seconds, 1e-9) / 1e9:.2f} GB/s); "
+        f"{format_gb(private)} converted into private memory, {where}"
+    )
 
 
 class LTXFP8CheckpointLoader(io.ComfyNode):
@@ -83,21 +98,29 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             return (ckpt_name, repr(e))
 
     @classmethod
-    def execute(cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto") -> io.NodeOutput:
+    def execute(
+        cls, ckpt_name, policy="auto", rules="", activation_scale="static", backend="auto", weight_budget=""
+    ) -> io.NodeOutput:
         with node_error(ckpt_name) as ctx:
             path = resolve_checkpoint(ckpt_name)
-            pol = read_policy(policy, rules)
+            pol = read_policy(policy, rules, weight_budget)
             device = comfy.model_management.get_torch_device()
             ctx["plan"] = plan_checkpoint(
                 path, pol, device=device_caps(device), activation=activation_scale, backend=backend
             )
             prepared = host_plan(ctx["plan"], device)  # the plan in the host's weight dtype
             plan = ctx["plan"] = prepared.plan
+            start = time.perf_counter()
+            # Shows the host's progress bar by bytes read while it loads (tens of seconds at full size).
             patcher = build_model_patcher(prepared, load_device=device)
+            seconds = time.perf_counter() - start
             report = build_report(plan)
-            patcher.model_options["ltx_fp8"] = {"label": f"{ckpt_name} [{pol.to_string()}]"}
+            patcher.model_options["ltx_fp8"] = {
+                "label": f"{ckpt_name} [{pol.to_string()}]",
+                "budget": budget_figures(report["budget"]),  # the VRAM Report shows it beside the actual bytes
+            }
             bundle_vae = load_bundle_vae(path)
-        log.info(report["summary"])
+        log.info("%s; %s", report["summary"], load_line(plan, seconds))
         (log.warning if bundle_vae.problem else log.info)("%s: %s", ckpt_name, bundle_vae.note)
         text = format_text(report) + "\n" + bundle_vae.note
         return io.NodeOutput(patcher, text, bundle_vae.vae, ui={"ltx_fp8": [json.dumps(badge(report))]})

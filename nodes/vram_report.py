@@ -26,6 +26,8 @@ def format_table(report: dict) -> str:
             f"  resident {format_gib(m['resident_bytes'])}, offloaded {format_gib(m['offloaded_bytes'])} "
             f"({m['load_device']}{', loaded' if m['loaded'] else ''})"
         )
+        if m.get("budget"):
+            lines.append("  " + budget_text(m["budget"], held["total_bytes"]))
     d = report["device"]
     line = f"device {d['device']}: total {format_gib(d['total_bytes'])}, free {format_gib(d['free_bytes'])}"
     if "cuda" in d:
@@ -41,6 +43,15 @@ def format_table(report: dict) -> str:
         )
     lines.append(line)
     return "\n".join(lines)
+
+
+def budget_text(budget: dict, actual: int) -> str:
+    """The policy's weight budget beside what the model actually holds."""
+    over = actual - budget["budget_bytes"]
+    verdict = f"over by {format_gib(over)}" if over > 0 else f"{format_gib(-over)} to spare"
+    moved = f", {budget['moved_layers']} layers moved to fp8" if budget.get("moved_layers") else ""
+    ceiling = f"budget {budget['budget']} ({format_gib(budget['budget_bytes'])})"
+    return f"{ceiling}: holds {format_gib(actual)}, {verdict}{moved}"
 
 
 class LTXFP8VRAMReport(io.ComfyNode):
@@ -101,8 +112,11 @@ class LTXFP8VRAMReport(io.ComfyNode):
         for name, m in zip(MODEL_INPUTS, (model, model_2, model_3, model_4), strict=False):
             if m is None:
                 continue
-            label = m.model_options.get("ltx_fp8", {}).get("label", name)
-            models.append({"input": name, **model_stats(m, label)})
+            options = m.model_options.get("ltx_fp8", {})
+            # budget: the weight budget the model was loaded / converted under (its badge figures), or None
+            models.append(
+                {"input": name, **model_stats(m, options.get("label", name)), "budget": options.get("budget")}
+            )
         report = {"models": models, "device": device_stats(comfy.model_management.get_torch_device())}
         text = format_table(report)
         return io.NodeOutput(passthrough, json.dumps(report), ui={"text": [text], "ltx_fp8_vram": [json.dumps(report)]})

@@ -109,11 +109,16 @@ def layer_weight_bytes(
     1 per fp8 parameter + fp32 scales ([] or one per row, + the input scale), else the compute
     dtype's size. The one place a planned layer's loaded bytes are decided."""
     out_f, in_f = lp.out_in
-    n = out_f * in_f
     if (mode or lp.mode) == "bf16":
-        return n * compute_dtype.itemsize
+        return out_f * in_f * compute_dtype.itemsize
     per_row = (lp.scale is not None and lp.scale.dim() == 1) or (lp.scale is None and per_row_quant)
-    return n + 4 * (out_f if per_row else 1) + (4 if lp.input_scale is not None else 0)
+    return fp8_weight_bytes(out_f, in_f, per_row, lp.input_scale is not None)
+
+
+def fp8_weight_bytes(out_features: int, in_features: int, per_row: bool, input_scale: bool) -> int:
+    """Bytes of an fp8 weight: 1 per code, an fp32 scale per tensor or per row, and the fp32 static
+    input scale if it has one (quant/fp8.Fp8Weight.nbytes of such a weight)."""
+    return out_features * in_features + 4 * (out_features if per_row else 1) + (4 if input_scale else 0)
 
 
 def _other_rows(plan: LoadPlan) -> list[TensorRow]:

@@ -34,6 +34,9 @@ class ModeDecision:
     fallback: Fallback | None = None
     out_in: tuple[int, int] = (0, 0)  # context of the message
     device: str = ""
+    # The policy's weight budget moved this layer from full precision to fp8 (quant/budget.py):
+    # without the budget it would run in bf16.
+    by_budget: bool = False
 
     @property
     def message(self) -> str:
@@ -64,12 +67,23 @@ def kernel_accepts(out_features: int, in_features: int) -> bool:
     return out_features % 16 == 0 and in_features % 16 == 0
 
 
-def decide_mode(policy: Policy, name: str, out_in: tuple[int, int], stored_fp8: bool, caps: DeviceCaps) -> ModeDecision:
+def decide_mode(
+    policy: Policy,
+    name: str,
+    out_in: tuple[int, int],
+    stored_fp8: bool,
+    caps: DeviceCaps,
+    by_budget: bool = False,
+) -> ModeDecision:
     """The mode of layer `name` (`[out, in]` = `out_in`) under `policy` on a device with `caps`.
 
     `stored_fp8`: the layer holds e4m3 codes with their scale (what `auto` keeps as fp8). Layers
     outside the transformer blocks (patchify, proj_out, adaln, connectors) keep the file's storage
     unless a rule names them: the official fp8 files never quantize them.
+
+    `by_budget`: the weight budget's planner (quant/budget.py) chose this layer to go fp8 (the
+    device's best fp8 mode, subject to the same fallbacks). A rule the user wrote for the layer
+    wins over the budget: such a layer is never moved.
     """
     rule = policy.rule_for(name)
     wanted = rule.mode if rule else policy.preset
@@ -77,10 +91,13 @@ def decide_mode(policy: Policy, name: str, out_in: tuple[int, int], stored_fp8: 
         wanted = "auto"
     if wanted == "auto":
         wanted = ("scaled-mm" if caps.fp8_gemm_fast else "fp8-cast") if stored_fp8 else "bf16"
+    by_budget = by_budget and rule is None and wanted == "bf16"
+    if by_budget:
+        wanted = "scaled-mm" if caps.fp8_gemm_fast else "fp8-cast"
     fallback = None
     if wanted == "scaled-mm" and not kernel_accepts(*out_in):
         fallback = Fallback.KERNEL_DIMS
     elif wanted == "scaled-mm" and not caps.fp8_gemm:
         fallback = Fallback.NO_FP8_GEMM
     mode = "fp8-cast" if fallback else wanted
-    return ModeDecision(mode, wanted, fallback, (int(out_in[0]), int(out_in[1])), caps.name)
+    return ModeDecision(mode, wanted, fallback, (int(out_in[0]), int(out_in[1])), caps.name, by_budget)

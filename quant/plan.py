@@ -11,10 +11,11 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from . import scale_range
 from .backends import resolve_backend
 from .device import DeviceCaps, device_caps
 from .encodings import FULL_DTYPES, FileContents, LayerSource, classify, detect_prefix
@@ -26,6 +27,7 @@ from .ltx2_shapes import HOST_DEFAULTS, count_blocks, expected_linear_shapes, re
 from .modes import Fallback, ModeDecision, decide_mode, fallback_warning
 from .policy import Policy
 from .safetensors_header import HeaderIndex, read_header, read_tensor
+from .scale_range import implausible_warning
 
 log = logging.getLogger("ltx_fp8")
 
@@ -95,8 +97,12 @@ def layer_note(lp: LayerPlan) -> str:
     """The load report's note on a layer: why it does not run as asked, else what the load converts
     (empty when neither)."""
     if lp.decision.fallback is not None:
-        return lp.decision.message
-    return _CONVERSION_NOTES[lp.conversion] if lp.conversion else ""
+        note = lp.decision.message
+    else:
+        note = _CONVERSION_NOTES[lp.conversion] if lp.conversion else ""
+    if lp.decision.by_budget:
+        return f"moved to fp8 by the weight budget{'; ' + note if note else ''}"
+    return note
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,11 @@ class LoadPlan:
     # or rewritten since, whose header would no longer describe its bytes.
     file_identity: tuple | None = None
     config: HeaderConfig | None = None
+    # What the caller asked for as backend (`backend` is what it resolved to): a budget fitted
+    # again for another compute dtype may move layers to scaled-mm and resolve it anew.
+    requested_backend: str = "auto"
+    # The weight budget's fit (quant/budget.BudgetFit), None without a budget in the policy.
+    budget: object | None = None
 
     def layer(self, name: str) -> LayerPlan:
         return next(lp for lp in self.layers if lp.name == name)
@@ -177,12 +188,12 @@ def plan_checkpoint(
         _refuse_non_float(contents)
         layout, warnings = decide_layout(contents.layers, path, linear_shapes)
         warnings = contents.warnings + warnings
-        layers = [_plan_layer(src, f, index, layout, policy, caps) for src in contents.layers.values()]
-    resolved_backend = "torch"
-    if any(lp.mode == "scaled-mm" for lp in layers):
-        resolved_backend = resolve_backend(backend)
-    _note_fallbacks(layers, warnings, caps)
-    return LoadPlan(
+        implausible: list[tuple[str, str]] = []
+        layers = [_plan_layer(src, f, index, layout, policy, caps, implausible) for src in contents.layers.values()]
+    if implausible:
+        warnings.append(implausible_warning(implausible))
+        log.warning("%s: %s", path, warnings[-1])
+    plan = LoadPlan(
         path,
         index,
         contents,
@@ -192,12 +203,45 @@ def plan_checkpoint(
         caps,
         compute_dtype,
         activation,
-        resolved_backend,
+        "torch",
         per_row_quant,
         warnings,
         identity,
         config,
+        backend,
     )
+    if policy.budget is not None:
+        # Imported here: quant/budget.py builds on this module's LayerPlan and LoadPlan.
+        from .budget import fit_budget
+
+        return fit_budget(plan)  # refuses a budget no plan can meet, before any weight is read
+    return finish_plan(plan)
+
+
+def finish_plan(plan: LoadPlan, before: list[LayerPlan] | None = None) -> LoadPlan:
+    """The plan with its backend resolved and one warning per fallback reason, for its layers as
+    they are now. `before`: the layers of a finished plan whose layers were then changed (e.g. by
+    the budget); their fallback warnings are replaced."""
+    stale = {fallback_warning(fb, names, plan.caps.name) for fb, names in _fallback_names(before or []).items()}
+    warnings = [w for w in plan.warnings if w not in stale]
+    backend = "torch"
+    if any(lp.mode == "scaled-mm" for lp in plan.layers):
+        backend = resolve_backend(plan.requested_backend)
+    _note_fallbacks(plan.layers, warnings, plan.caps)
+    return replace(plan, backend=backend, warnings=warnings)
+
+
+def retarget(lp: LayerPlan, decision: ModeDecision) -> LayerPlan:
+    """`lp` with another mode decision (and the conversion that decision needs)."""
+    return replace(lp, decision=decision, conversion=_conversion(lp.src, decision))
+
+
+def _conversion(src: LayerSource, decision: ModeDecision) -> Conversion | None:
+    if decision.mode != "bf16" and not src.stored_fp8:
+        return Conversion.QUANTIZE
+    if decision.mode != "bf16" and src.weight.dtype == "F8_E5M2":
+        return Conversion.E5M2_TO_E4M3
+    return None
 
 
 def identify_file(f) -> tuple:
@@ -315,7 +359,13 @@ def _refuse_unexpected(contents: FileContents, allow: bool) -> None:
 
 
 def _plan_layer(
-    src: LayerSource, f, index: HeaderIndex, layout: LayoutDecision, policy: Policy, caps: DeviceCaps
+    src: LayerSource,
+    f,
+    index: HeaderIndex,
+    layout: LayoutDecision,
+    policy: Policy,
+    caps: DeviceCaps,
+    implausible: list[tuple[str, str]],
 ) -> LayerPlan:
     path = index.path
     transposed = (layout.fp8 if src.stored_fp8 else layout.full) == IN_OUT
@@ -331,27 +381,28 @@ def _plan_layer(
     scale = input_scale = None
     if src.stored_fp8:
         scale = check_scale(read_tensor(f, src.scale, path), out_f, src.name, path, src.scale.name)
+        found = [scale_range.check_weight_scale(scale, src.name, path, src.scale.name)]
         if src.input_scale is not None:
             raw = read_tensor(f, src.input_scale, path)
             # Legacy scaled-fp8 files write scale_input = 1.0 to mean "no static scale".
             if not (src.encoding == "comfy-legacy" and raw.numel() == 1 and float(raw.float()) == 1.0):
                 input_scale = check_input_scale(raw, src.name, path, src.input_scale.name)
+                found.append(scale_range.check_input_scale(input_scale, src.name, path, src.input_scale.name))
+        implausible += [(src.name, what) for what in found if what]
     decision = decide_mode(policy, src.name, (out_f, in_f), _stored_e4m3(src), caps)
-    conversion = None
-    if decision.mode != "bf16" and not src.stored_fp8:
-        conversion = Conversion.QUANTIZE
-    elif decision.mode != "bf16" and src.weight.dtype == "F8_E5M2":
-        conversion = Conversion.E5M2_TO_E4M3
-    return LayerPlan(src, decision, transposed, scale, input_scale, conversion)
+    return LayerPlan(src, decision, transposed, scale, input_scale, _conversion(src, decision))
 
 
 def _note_fallbacks(layers: list[LayerPlan], warnings: list[str], caps: DeviceCaps) -> None:
     """One warning per fallback reason, not one per layer: a device without fp8 GEMM falls back to
     fp8-cast for every layer, which is worth one line in the log."""
-    for fallback in Fallback:
-        names = [lp.name for lp in layers if lp.fallback is fallback]
-        if names:
-            msg = fallback_warning(fallback, names, caps.name)
-            warnings.append(msg)
-            if fallback is Fallback.NO_FP8_GEMM:
-                log.warning(msg)
+    for fallback, names in _fallback_names(layers).items():
+        msg = fallback_warning(fallback, names, caps.name)
+        warnings.append(msg)
+        if fallback is Fallback.NO_FP8_GEMM:
+            log.warning(msg)
+
+
+def _fallback_names(layers: list[LayerPlan]) -> dict[Fallback, list[str]]:
+    out = {fb: [lp.name for lp in layers if lp.fallback is fb] for fb in Fallback}
+    return {fb: names for fb, names in out.items() if names}

@@ -28,6 +28,7 @@ def _scalar_or_list(t: torch.Tensor | None):
 
 def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
     src = lp.src
+    fit = plan.budget
     held = "float8_e4m3fn" if lp.held_fp8 else str(plan.compute_dtype).replace("torch.", "")
     return {
         "name": lp.name,
@@ -46,6 +47,9 @@ def layer_row(lp: LayerPlan, plan: LoadPlan) -> dict:
         else None,
         "bytes": layer_weight_bytes(lp, plan.compute_dtype, per_row_quant=plan.per_row_quant),
         "note": layer_note(lp),
+        # The weight budget moved this layer to fp8 (quant/budget.py), with its predicted error.
+        "by_budget": lp.decision.by_budget,
+        "predicted_error": fit.errors.get(lp.name) if fit is not None and lp.decision.by_budget else None,
     }
 
 
@@ -79,6 +83,9 @@ def build_report(plan: LoadPlan) -> dict:
         "markers": plan.contents.markers,
         "unexpected": plan.contents.unexpected,
         "warnings": plan.warnings,
+        # The weight budget (quant/budget.BudgetFit.as_dict): budget, bytes, moved layers and their
+        # predicted error; None when the policy has no budget.
+        "budget": plan.budget.as_dict() if plan.budget is not None else None,
     }
     report["summary"] = summary_line(report)
     return report
@@ -96,7 +103,30 @@ def summary_line(report: dict) -> str:
         f"ltx-fp8: {os.path.basename(report['file'])}: {len(report['layers'])} linears ({modes}), "
         f"weights {format_gb(report['total_bytes'])}; encodings: {enc}; layout fp8 {report['layout']['fp8']}; "
         f"{pas} passenger keys ({', '.join(report['passengers']) or 'none'}); "
-        f"{len(report['warnings'])} warnings"
+        f"{len(report['warnings'])} warnings" + (f"; {budget_line(report['budget'])}" if report.get("budget") else "")
+    )
+
+
+def budget_figures(budget: dict | None) -> dict | None:
+    """The budget's figures for the canvas badge and the VRAM Report: the ceiling, the planned
+    bytes, how many layers it moved and their predicted error (the full list stays in the report)."""
+    if not budget:
+        return None
+    keys = ("budget", "budget_bytes", "total_bytes", "unbudgeted_bytes", "moved_layers", "predicted_error")
+    return {k: budget[k] for k in keys}
+
+
+def budget_line(budget: dict) -> str:
+    """e.g. `budget 20GB: 19.87 GB of 20.00 GB, 96 layers moved to fp8 (predicted weight error
+    worst 2.7e-02, weighted mean 2.6e-02)`."""
+    head = f"budget {budget['budget']}: {format_gb(budget['total_bytes'])} of {format_gb(budget['budget_bytes'])}"
+    if not budget["moved_layers"]:
+        return f"{head}, nothing moved (without it {format_gb(budget['unbudgeted_bytes'])})"
+    err = budget["predicted_error"]
+    return (
+        f"{head}, {budget['moved_layers']} layers moved to fp8 (predicted weight error worst "
+        f"{err['worst']:.2e}, weighted mean {err['weighted_mean']:.2e}; without the budget "
+        f"{format_gb(budget['unbudgeted_bytes'])})"
     )
 
 
@@ -113,6 +143,17 @@ def format_text(report: dict, max_rows: int = 40) -> str:
         + ", ".join(f"{m} {format_gb(b)}" for m, b in sorted(report["bytes_by_mode"].items()))
         + f", other tensors {format_gb(report['other_tensor_bytes'])}"
     )
+    budget = report.get("budget")
+    if budget:
+        lines.append(budget_line(budget))
+        worst = sorted(budget["moved"], key=lambda m: -m["predicted_error"])
+        for m in worst[:max_rows]:
+            lines.append(
+                f"  moved by the budget: {m['name']} (predicted weight error {m['predicted_error']:.2e}, "
+                f"saves {format_gb(m['saved_bytes'])}, order: {m['order']})"
+            )
+        if len(worst) > max_rows:
+            lines.append(f"  ... {len(worst) - max_rows} more moved layers")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     lines.append(

@@ -1,10 +1,13 @@
-"""Strict reader of the safetensors container: the header, and one tensor at a time.
+"""Strict reader of the safetensors container: the header, and the tensors, file-backed.
 
-Why not `safetensors.safe_open`: it maps the whole file, and the checkpoints this pack loads are
-30-46 GB. We read the header (8 + header_size bytes) ourselves, validate every entry against the
-file before a single tensor byte is touched, and then read each tensor with one seek + readinto
-into a fresh buffer, so peak memory is one tensor and a truncated or hostile file is refused with
-a message naming the file and the tensor instead of crashing somewhere later.
+Why not `safetensors.safe_open`: it maps the whole file in one private mapping (torch's
+`UntypedStorage.from_file`), which the kernel refuses for a file larger than RAM, and the
+checkpoints this pack loads are 30-46 GB. We read the header (8 + header_size bytes) ourselves and
+validate every entry against the file before a single tensor byte is touched. Then each large
+tensor is mapped on its own (`TensorSource`): a copy-on-write mapping of the pages around it, so
+its bytes stay file-backed (the OS pages them in and out like any file cache, no private copy) and
+no mapping ever has to fit in RAM. Small tensors are read into fresh memory. A truncated or hostile
+file is refused with a message naming the file and the tensor instead of crashing somewhere later.
 
 File layout (https://github.com/huggingface/safetensors, "Format"):
     u64 little-endian N | N bytes of UTF-8 JSON header | data section
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -143,17 +147,7 @@ def read_header(path: str | os.PathLike, max_header_bytes: int = DEFAULT_MAX_HEA
 def read_tensor(f: BinaryIO, info: TensorInfo, path: str | None = None) -> torch.Tensor:
     """Read one tensor from the open file `f` into a fresh CPU tensor (no mapping of the file)."""
     path = path if path is not None else _name_of(f)
-    if info.dtype not in DTYPES:  # only a hand-made TensorInfo can get here
-        raise CheckpointError(f"unknown dtype {_short(info.dtype)}", file=path, tensor=info.name)
-    nbytes = info.nbytes
-    if info.end - info.begin != nbytes:
-        # Only a hand-made TensorInfo can get here: read_header checks this for every entry.
-        raise CheckpointError(
-            f"offsets [{info.begin}, {info.end}] hold {info.end - info.begin} bytes "
-            f"but {_typed(info.dtype, info.shape)} needs {nbytes}",
-            file=path,
-            tensor=info.name,
-        )
+    nbytes = _check_info(info, path)
     if nbytes == 0:
         return torch.empty(info.shape, dtype=info.torch_dtype)
 
@@ -167,10 +161,116 @@ def read_tensor(f: BinaryIO, info: TensorInfo, path: str | None = None) -> torch
             tensor=info.name,
         )
     raw = torch.frombuffer(buf, dtype=torch.uint8)  # shares `buf`, which the tensor keeps alive
+    _check_bool(raw, info, path)
+    return raw.view(info.torch_dtype).reshape(info.shape)
+
+
+def _check_info(info: TensorInfo, path: str | None) -> int:
+    """The byte count of `info`, re-checked (only a hand-made TensorInfo can fail here: read_header
+    checks every entry)."""
+    if info.dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {_short(info.dtype)}", file=path, tensor=info.name)
+    nbytes = info.nbytes
+    if info.end - info.begin != nbytes:
+        raise CheckpointError(
+            f"offsets [{info.begin}, {info.end}] hold {info.end - info.begin} bytes "
+            f"but {_typed(info.dtype, info.shape)} needs {nbytes}",
+            file=path,
+            tensor=info.name,
+        )
+    return nbytes
+
+
+def _check_bool(raw: torch.Tensor, info: TensorInfo, path: str | None) -> None:
     if info.dtype == "BOOL" and bool((raw > 1).any()):
         # torch assumes bool bytes are 0/1; anything else gives undefined results downstream.
         raise CheckpointError("BOOL tensor holds bytes other than 0 and 1", file=path, tensor=info.name)
+
+
+# Tensors below a page are read into private memory: their mapping would save nothing and cost a
+# system call and a kernel VMA (vm.max_map_count defaults to 65530; the 22B bundle maps ~5000).
+MAP_MIN_BYTES = mmap.PAGESIZE
+# posix_fadvise(WILLNEED) read-ahead kept this far past the tensor being read, so the disk reads
+# the next tensors while this one is validated (a mapping's own fault read-around is ~128 KiB).
+READAHEAD_BYTES = 256 << 20
+
+
+def map_tensor(f: BinaryIO, info: TensorInfo, path: str | None = None) -> torch.Tensor:
+    """`info`'s bytes as a file-backed CPU tensor: a copy-on-write (MAP_PRIVATE) mapping of the
+    pages around it, kept alive by the tensor. Reading it reads the file cache; a write (e.g. the
+    host's in-place LoRA update) copies only the touched pages into private memory and never
+    reaches the file. A file renamed over this one leaves the mapping on the old bytes."""
+    path = path if path is not None else _name_of(f)
+    nbytes = _check_info(info, path)
+    if nbytes == 0:
+        return torch.empty(info.shape, dtype=info.torch_dtype)
+    try:
+        size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise CheckpointError(f"cannot stat: {e.strerror or e}", file=path, tensor=info.name) from e
+    if info.end > size:
+        # Mapping past the end of the file succeeds, but touching those pages kills the process
+        # (SIGBUS): refuse while it is still an error.
+        raise CheckpointError(
+            f"the file now holds {size} bytes but this tensor ends at byte {info.end} "
+            "(file truncated or changed since its header was read)",
+            file=path,
+            tensor=info.name,
+        )
+    mm, delta = _map_region(f, info.begin, nbytes, path, info.name)
+    # frombuffer keeps `mm` alive as long as the tensor (and every view of it) lives.
+    raw = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=delta)
+    _check_bool(raw, info, path)
     return raw.view(info.torch_dtype).reshape(info.shape)
+
+
+def _map_region(f: BinaryIO, offset: int, size: int, path: str | None, name: str) -> tuple[mmap.mmap, int]:
+    """A copy-on-write mapping covering file bytes [offset, offset + size); returns it and where
+    `offset` lies in it (mappings start on an allocation-granularity boundary)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        return mmap.mmap(f.fileno(), offset + size - start, access=mmap.ACCESS_COPY, offset=start), offset - start
+    except (OSError, ValueError, OverflowError) as e:
+        raise CheckpointError(
+            f"cannot map {size} bytes at offset {offset}: {getattr(e, 'strerror', None) or e}",
+            file=path,
+            tensor=name,
+        ) from e
+
+
+class TensorSource:
+    """The tensors of one open file, one at a time, file-backed unless `in_ram`.
+
+    Large tensors come from `map_tensor` (one mapping per tensor, never one of the whole file);
+    small ones, and all of them when `in_ram` (the copy mode: weights in private memory, as a
+    user may want on a network share), from `read_tensor`. Read-ahead of the bytes that follow
+    the tensor asked for is requested from the kernel, so reading overlaps validation."""
+
+    def __init__(self, f: BinaryIO, path: str | None = None, in_ram: bool = False):
+        self.f, self.path, self.in_ram = f, path if path is not None else _name_of(f), in_ram
+        self._advised = 0  # the file offset up to which read-ahead was requested
+
+    def get(self, info: TensorInfo) -> torch.Tensor:
+        self._read_ahead(info)
+        if self.in_ram or info.nbytes < MAP_MIN_BYTES:
+            return read_tensor(self.f, info, self.path)
+        return map_tensor(self.f, info, self.path)
+
+    @staticmethod
+    def file_backed(info: TensorInfo, in_ram: bool = False) -> bool:
+        """Whether `get(info)` returns a file-backed tensor (the one rule, used by the estimates)."""
+        return not in_ram and info.nbytes >= MAP_MIN_BYTES
+
+    def _read_ahead(self, info: TensorInfo) -> None:
+        if info.end <= self._advised - READAHEAD_BYTES // 2:
+            return
+        start = max(self._advised, info.begin)
+        end = info.end + READAHEAD_BYTES
+        try:
+            os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError):  # not on this OS / file system: reads still work
+            pass
+        self._advised = end
 
 
 @contextlib.contextmanager

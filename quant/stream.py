@@ -1,13 +1,21 @@
 """Stream the tensors of a planned load one at a time.
 
-`iter_load` yields one canonical `QuantLayer` or plain tensor at a time; a full-precision layer
+`iter_load` yields one canonical `QuantLayer` or plain tensor at a time, in file order. A tensor
+that needs no conversion stays file-backed (quant/safetensors_header.py `TensorSource`: its own
+copy-on-write mapping, paged by the OS like any file cache); only tensors that must change take
+private memory: fp8 codes stored `[in, out]` (transposed), fp8 dequantized for bf16 mode, full
+precision quantized at load, and full precision cast to another dtype. A full-precision layer
 headed for an fp8 mode is quantized right there, so no full-precision copy of the whole model ever
-exists.
+exists. Every tensor is validated (NaN codes, non-finite values) as it is read.
+
+The copy mode (`LTX_FP8_WEIGHTS=ram`) reads every tensor into private memory instead, for users
+who want the weights in RAM whatever happens to the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -16,20 +24,86 @@ from .fp8 import Fp8Weight, check_codes, check_finite, dequantize, quantize
 from .layer import QuantLayer
 from .plan import LayerPlan, LoadPlan, identify_file, plan_checkpoint
 from .policy import Policy
-from .safetensors_header import read_tensor
+from .safetensors_header import TensorInfo, TensorSource
+
+WEIGHTS_ENV = "LTX_FP8_WEIGHTS"
+WEIGHTS_SETTINGS = ("file", "ram")
 
 
-def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
+def weights_in_ram(setting: str | None = None) -> bool:
+    """The copy mode: `LTX_FP8_WEIGHTS=ram` (default `file`: file-backed where no conversion is
+    needed). An unknown value is refused, not guessed."""
+    value = (setting if setting is not None else os.environ.get(WEIGHTS_ENV, "file")).strip().lower() or "file"
+    if value not in WEIGHTS_SETTINGS:
+        raise ValueError(f"{WEIGHTS_ENV}={value!r}: expected one of {', '.join(WEIGHTS_SETTINGS)}")
+    return value == "ram"
+
+
+# ----- what takes private memory: one decision, read by materialize and by the estimates ---------
+
+
+def weight_converted(lp: LayerPlan, compute_dtype: torch.dtype, mode: str | None = None) -> bool:
+    """Whether a layer's weight is changed on its way to `mode` (default: its planned mode), so its
+    loaded bytes are private memory whatever the file: transposed, dequantized, (re-)quantized, or
+    cast to the compute dtype."""
+    mode = mode or lp.mode
+    if lp.transposed:
+        return True
+    if lp.src.stored_fp8:
+        return mode == "bf16" or lp.src.weight.dtype == "F8_E5M2"
+    return mode != "bf16" or lp.src.weight.torch_dtype != compute_dtype
+
+
+def tensor_converted(info: TensorInfo, tensor_dtype: torch.dtype | None) -> bool:
+    """Whether an other tensor (or a bias, cast to the compute dtype) is cast on its way in."""
+    return tensor_dtype is not None and info.torch_dtype.is_floating_point and info.torch_dtype != tensor_dtype
+
+
+def private_bytes(
+    plan: LoadPlan,
+    tensor_dtype: torch.dtype | None = None,
+    in_ram: bool | None = None,
+    mode_of: Callable[[LayerPlan], str] | None = None,
+) -> int:
+    """Private (anonymous) memory the loaded tensors will hold, as `iter_load(plan, tensor_dtype=)`
+    loads them (`mode_of`: another mode per layer, for what-if estimates); the rest stays
+    file-backed. Scales count too (tiny, read at planning)."""
+    from .holdings import layer_weight_bytes
+
+    in_ram = weights_in_ram() if in_ram is None else in_ram
+    total = 0
+    for lp in plan.layers:
+        mode = mode_of(lp) if mode_of else lp.mode
+        held = layer_weight_bytes(lp, plan.compute_dtype, mode, plan.per_row_quant)
+        if in_ram or weight_converted(lp, plan.compute_dtype, mode) or not TensorSource.file_backed(lp.src.weight):
+            total += held
+        else:
+            total += held - lp.out_in[0] * lp.out_in[1] * (1 if mode != "bf16" else plan.compute_dtype.itemsize)
+        if lp.src.bias is not None:
+            b = lp.src.bias
+            kept = not in_ram and TensorSource.file_backed(b) and not tensor_converted(b, plan.compute_dtype)
+            total += 0 if kept else b.numel * plan.compute_dtype.itemsize
+    for info in plan.contents.tensors.values():
+        if in_ram or not TensorSource.file_backed(info) or tensor_converted(info, tensor_dtype):
+            dt = tensor_dtype if tensor_converted(info, tensor_dtype) else info.torch_dtype
+            total += info.numel * dt.itemsize
+    return total
+
+
+# ----- loading ------------------------------------------------------------------------------------
+
+
+def materialize(lp: LayerPlan, source: TensorSource, plan: LoadPlan, device="cpu") -> QuantLayer:
     """Read one layer and convert it into the canonical `[out, in]` form of its mode."""
     src, path = lp.src, plan.path
-    w = read_tensor(f, src.weight, path)
+    w = source.get(src.weight)
     if lp.transposed:
         w = w.t().contiguous()
     bias = None
     if src.bias is not None:
-        bias = read_tensor(f, src.bias, path)
+        bias = source.get(src.bias)
         check_finite(bias, path, src.bias.name, f"layer {src.name}: bias")
-        bias = bias.to(plan.compute_dtype)
+        bias = bias.to(plan.compute_dtype)  # no copy when the file holds the compute dtype
     scale, input_scale = lp.scale, lp.input_scale
     if src.stored_fp8:
         check_codes(w, src.name, path, src.weight.name)
@@ -42,7 +116,7 @@ def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
         # Only a conversion that can overflow needs the check again (an up-cast of a finite bf16
         # weight to fp32 is finite: re-checking it was a full extra pass over every such weight).
         converted = src.stored_fp8 or torch.finfo(plan.compute_dtype).max < torch.finfo(w.dtype).max
-        w, scale, input_scale = w.to(plan.compute_dtype), None, None
+        w, scale, input_scale = w.to(plan.compute_dtype), None, None  # no copy when already in it
         if converted:  # a dequantized or down-cast weight must still be finite in the compute dtype
             check_finite(w, path, src.weight.name, f"layer {src.name}: weight in {plan.compute_dtype}")
     elif scale is None:
@@ -60,32 +134,54 @@ def materialize(lp: LayerPlan, f, plan: LoadPlan, device="cpu") -> QuantLayer:
     )
 
 
-def iter_load(
-    plan: LoadPlan, device="cpu", names: set[str] | None = None, tensor_dtype: torch.dtype | None = None
-) -> Iterator[tuple[str, QuantLayer | torch.Tensor]]:
-    """Yield `(name, QuantLayer)` for every linear and `(name, tensor)` for every other transformer
-    tensor, one at a time, in file order. `names` restricts to some canonical names."""
+def load_items(plan: LoadPlan, names: set[str] | None = None) -> list[tuple[int, str, LayerPlan | TensorInfo]]:
+    """What `iter_load` reads, in file order: (first byte, canonical name, layer plan or tensor)."""
     items = [(lp.src.weight.begin, lp.name, lp) for lp in plan.layers]
     items += [(info.begin, name, info) for name, info in plan.contents.tensors.items()]
     items.sort(key=lambda t: t[0])  # file order: sequential reads
-    with open(plan.path, "rb") as f:
+    return [it for it in items if names is None or it[1] in names]
+
+
+def item_bytes(item: LayerPlan | TensorInfo) -> int:
+    """File bytes one item of `load_items` reads (a layer: its weight and bias)."""
+    if isinstance(item, LayerPlan):
+        return item.src.weight.nbytes + (item.src.bias.nbytes if item.src.bias is not None else 0)
+    return item.nbytes
+
+
+def iter_load(
+    plan: LoadPlan,
+    device="cpu",
+    names: set[str] | None = None,
+    tensor_dtype: torch.dtype | None = None,
+    in_ram: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[str, QuantLayer | torch.Tensor]]:
+    """Yield `(name, QuantLayer)` for every linear and `(name, tensor)` for every other transformer
+    tensor, one at a time, in file order. `names` restricts to some canonical names; `in_ram`
+    overrides the `LTX_FP8_WEIGHTS` setting; `progress(n)` is called with the file bytes read
+    after each item."""
+    in_ram = weights_in_ram() if in_ram is None else in_ram
+    with open(plan.path, "rb", buffering=0) as f:
         if plan.file_identity is not None and identify_file(f) != plan.file_identity:
             raise CheckpointError(
                 "the file changed on disk since its load was planned (size, mtime or inode "
                 "differ); its header no longer describes its bytes, load it again",
                 file=plan.path,
             )
-        for _, name, item in items:
-            if names is not None and name not in names:
-                continue
+        source = TensorSource(f, plan.path, in_ram=in_ram)
+        for _, name, item in load_items(plan, names):
             if isinstance(item, LayerPlan):
-                yield name, materialize(item, f, plan, device)
+                out = materialize(item, source, plan, device)
             else:
-                t = read_tensor(f, item, plan.path)
-                check_finite(t, plan.path, item.name)
-                if tensor_dtype is not None and t.is_floating_point():
-                    t = t.to(tensor_dtype)
-                yield name, t.to(device)
+                out = source.get(item)
+                check_finite(out, plan.path, item.name)
+                if tensor_dtype is not None and out.is_floating_point():
+                    out = out.to(tensor_dtype)
+                out = out.to(device)
+            if progress is not None:
+                progress(item_bytes(item))
+            yield name, out
 
 
 def load(
@@ -93,8 +189,9 @@ def load(
 ) -> tuple[LoadPlan, dict[str, QuantLayer], dict[str, torch.Tensor]]:
     """Plan and load a whole file into memory (CLI, tests, benchmarks)."""
     device = kw.pop("load_device", "cpu")
+    in_ram = kw.pop("in_ram", None)
     plan = plan_checkpoint(path, policy, **kw)
     layers, tensors = {}, {}
-    for name, item in iter_load(plan, device):
+    for name, item in iter_load(plan, device, in_ram=in_ram):
         (layers if isinstance(item, QuantLayer) else tensors)[name] = item
     return plan, layers, tensors

@@ -8,6 +8,7 @@ count). Each shows the largest unit of its system that the value reaches, with t
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 
 _DECIMAL = ("kB", "MB", "GB", "TB")
@@ -34,3 +35,40 @@ def format_gb(n: float) -> str:
 def format_gib(n: float) -> str:
     """`n` bytes in binary units (KiB, MiB, GiB, TiB: powers of 1024)."""
     return _scaled(n, 1024, _BINARY)
+
+
+# ----- the other direction: a size a user wrote (the policy's `budget=SIZE` term) -------------
+
+# Public (saved in workflows as `budget=SIZE`): B, KB, MB, GB count in powers of 1000, KiB, MiB,
+# GiB in powers of 1024. Letters are matched without regard to case and written back canonically.
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+_UNIT_BY_LOWER = {u.lower(): u for u in SIZE_UNITS}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]+)\s*$")
+
+
+class SizeError(ValueError):
+    pass
+
+
+def _split_size(text: str) -> tuple[str, str]:
+    m = _SIZE_RE.match(text or "")
+    unit = _UNIT_BY_LOWER.get(m.group(2).lower()) if m else None
+    if unit is None:
+        raise SizeError(
+            f"size {text!r}: expected a number and a unit ({', '.join(SIZE_UNITS)}), e.g. '20GB', '20 GB' or '18.5GiB'"
+        )
+    return m.group(1), unit
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `20GB`, `20 GB`, `18.5 GiB` or `512MiB`, rounded down to whole
+    bytes (a budget is a ceiling). Raises SizeError naming the text."""
+    number, unit = _split_size(text)
+    return int(Decimal(number) * SIZE_UNITS[unit])
+
+
+def normalize_size(text: str) -> str:
+    """The canonical spelling of a size: the number as written, no space, the unit as listed in
+    SIZE_UNITS (`20 gb` -> `20GB`). Raises SizeError naming the text."""
+    number, unit = _split_size(text)
+    return f"{number}{unit}"

@@ -7,13 +7,16 @@ loaded layer on a fixed random input against `F.linear` in float64.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from .layer import QuantLayer
 from .linear import QuantLinear
 from .plan import plan_checkpoint
-from .stream import iter_load, load
+from .safetensors_header import TensorSource
+from .stream import iter_load, materialize
 
 TOKENS = 64
 
@@ -34,34 +37,38 @@ def verify(
     backend="auto",
     device="cpu",
     seed=0,
+    budget_dtype=torch.bfloat16,
+    moved_only=False,
 ) -> dict:
+    """`budget_dtype`: the dtype a policy's weight budget counts full-precision bytes in (the plan
+    `inspect` and the loader make by default); the layers are then computed in `compute_dtype`.
+    `moved_only`: only the layers the policy's budget moved to fp8.
+
+    One layer of each file is in memory at a time (the reference's in float64): a full-size file
+    is verified in the memory of its largest layer, not of the model."""
     plan = plan_checkpoint(
-        path, policy, device=device, compute_dtype=compute_dtype, activation=activation, backend=backend
+        path, policy, device=device, compute_dtype=budget_dtype, activation=activation, backend=backend
     )
-    _, ref_layers, _ = load(reference, "bf16", compute_dtype=torch.float64)
+    plan = replace(plan, compute_dtype=compute_dtype)
+    ref_plan = plan_checkpoint(reference, "bf16", compute_dtype=torch.float64)
+    ref_layers = {lp.name: lp for lp in ref_plan.layers}
     missing = [lp.name for lp in plan.layers if lp.name not in ref_layers]
     if missing:
         raise ValueError(f"reference {reference} lacks {len(missing)} layer(s) of {path}, first: {missing[0]}")
+    names = {lp.name for lp in plan.layers if lp.decision.by_budget or not moved_only}
     gen = torch.Generator().manual_seed(seed)
+    fit = plan.budget
     rows = []
-    for name, layer in iter_load(plan, device):
-        if not isinstance(layer, QuantLayer):
-            continue
-        ref = ref_layers[name]
-        w_ref = ref.weight.double()
-        x = torch.randn(TOKENS, layer.in_features, generator=gen, dtype=torch.float64)
-        y_ref = F.linear(x, w_ref, None if ref.bias is None else ref.bias.double())
-        y = QuantLinear(layer, activation, backend)(x.to(device=device, dtype=compute_dtype))
-        rows.append(
-            {
-                "name": name,
-                "mode": layer.mode,
-                "encoding": layer.source,
-                "quantized": layer.quantized,
-                "weight_rel_err": rel_err(layer.effective_weight(torch.float64).cpu(), w_ref),
-                "output_rel_err": rel_err(y.cpu(), y_ref),
-            }
-        )
+    with open(reference, "rb", buffering=0) as rf:
+        ref_source = TensorSource(rf, reference)
+        for name, layer in iter_load(plan, device, names=names):
+            ref = materialize(ref_layers[name], ref_source, ref_plan)
+            rows.append(_compare(name, layer, ref, gen, activation, backend, compute_dtype, device))
+            del ref, layer
+            rows[-1].update(
+                by_budget=plan.layer(name).decision.by_budget,
+                predicted_error=fit.errors.get(name) if fit is not None else None,
+            )
     return {
         "file": path,
         "reference": reference,
@@ -69,6 +76,52 @@ def verify(
         "compute_dtype": str(compute_dtype).replace("torch.", ""),
         "layers": rows,
         "max": _maxima(rows),
+        "budget": _budget(fit, rows),
+    }
+
+
+def _compare(name: str, layer: QuantLayer, ref: QuantLayer, gen, activation, backend, compute_dtype, device) -> dict:
+    """One layer against its reference (float64), weight and output on a fixed random input."""
+    w_ref = ref.weight.double()
+    x = torch.randn(TOKENS, layer.in_features, generator=gen, dtype=torch.float64)
+    y_ref = F.linear(x, w_ref, None if ref.bias is None else ref.bias.double())
+    y = QuantLinear(layer, activation, backend)(x.to(device=device, dtype=compute_dtype))
+    return {
+        "name": name,
+        "mode": layer.mode,
+        "encoding": layer.source,
+        "quantized": layer.quantized,
+        "weight_rel_err": rel_err(layer.effective_weight(torch.float64).cpu(), w_ref),
+        "output_rel_err": rel_err(y.cpu(), y_ref),
+    }
+
+
+def _budget(fit, rows: list[dict]) -> dict | None:
+    """The budget's moved layers: the error the planner predicted beside the one measured here
+    (worst and weighted by parameters, as the load report gives the prediction)."""
+    if fit is None:
+        return None
+    moved = [r for r in rows if r["by_budget"]]
+    params = {m.name: m.params for m in fit.moved}
+    total = sum(params.get(r["name"], 0) for r in moved)
+
+    def mean(key):
+        return sum(r[key] * params.get(r["name"], 0) for r in moved) / total if total else 0.0
+
+    return {
+        "budget": fit.budget,
+        "budget_bytes": fit.budget_bytes,
+        "total_bytes": fit.total_bytes,
+        "moved_layers": len(moved),
+        "predicted_error": {"worst": fit.worst_error, "weighted_mean": fit.mean_error},
+        "measured_weight_error": {
+            "worst": max((r["weight_rel_err"] for r in moved), default=0.0),
+            "weighted_mean": mean("weight_rel_err"),
+        },
+        "measured_output_error": {
+            "worst": max((r["output_rel_err"] for r in moved), default=0.0),
+            "weighted_mean": mean("output_rel_err"),
+        },
     }
 
 

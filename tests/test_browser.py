@@ -45,7 +45,9 @@ ARTIFACTS_ROOT = REPO / "test-artifacts" / "browser"
 WEB = REPO / "web"
 PACK = hostlib.PACK_NAME
 LOADER, APPLY, REPORT = "LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport"
-PACK_NODES = (LOADER, APPLY, REPORT)
+SAVE = "LTXFP8SaveCheckpoint"
+PACK_NODES = (LOADER, APPLY, REPORT)  # the nodes of the test graphs
+ALL_NODES = PACK_NODES + (SAVE,)  # every node of the pack: each has a help page and tooltips
 TEST_GRAPHS = sorted(p.stem for p in demo.WORKFLOWS.glob("*.json"))  # tests/workflows/
 TEMPLATES = tpl.template_names()  # example_workflows/
 FRONTEND_LATEST = Path(os.environ.get("LTXFP8_FRONTEND_LATEST", REPO / ".host" / "frontend-latest" / "static"))
@@ -350,7 +352,7 @@ def test_figures_show_with_the_modern_node_design(driver, ui_host, artifacts):
 def test_help_pages_are_served_where_the_editor_looks(ui_host):
     """Frontend 1.47 (NodeHelpService) fetches /extensions/<pack>/docs/<node id>.md for nodes
     whose python_module is custom_nodes.<pack>."""
-    for cls in PACK_NODES:
+    for cls in ALL_NODES:
         info = ui_host.object_info(cls)[cls]
         assert info["python_module"] == f"custom_nodes.{PACK}"
         status, body = ui_host.request("GET", f"/extensions/{PACK}/docs/{cls}.md")
@@ -362,7 +364,7 @@ def test_help_pages_are_served_where_the_editor_looks(ui_host):
 
 
 def test_every_input_has_a_tooltip_with_units_and_hardware(ui_host):
-    for cls in PACK_NODES:
+    for cls in ALL_NODES:
         info = ui_host.object_info(cls)[cls]
         for section in ("required", "optional"):
             for name, spec in info["input"].get(section, {}).items():
@@ -403,7 +405,7 @@ def test_extension_is_quiet_at_import():
     assert "setInterval" not in js and "setTimeout" not in js
     assert "fetch(" not in js.replace("api.fetchApi(", "")
     assert js.count("api.fetchApi(") == 1
-    assert sorted(p.name for p in (WEB / "docs").glob("*.md")) == sorted(f"{c}.md" for c in PACK_NODES)
+    assert sorted(p.name for p in (WEB / "docs").glob("*.md")) == sorted(f"{c}.md" for c in ALL_NODES)
 
 
 def test_canvas_formatters_match_the_python_ones(editor):

@@ -230,7 +230,31 @@ function badgeView(kind, p) {
   }
   sub.append(extra.join(" · "));
   root.append(sub);
+  const budgetLine = budgetView(p.budget, held.total_bytes);
+  if (budgetLine) root.append(budgetLine);
   return root;
+}
+
+// "budget 20GB: 19.87 GB · 96 layers → fp8 · err ≤ 2.7e-2 (mean 2.6e-2)": the policy's weight
+// budget (quant/budget.py: budget_figures), the bytes held, what it moved and the predicted error.
+function budgetView(b, held) {
+  if (!b) return null;
+  const total = held ?? b.total_bytes;
+  const over = Number(total) > Number(b.budget_bytes);
+  const parts = [`budget ${b.budget}: ${formatBytes(total)}${over ? " — over!" : ""}`];
+  if (b.moved_layers) {
+    const e = b.predicted_error || {};
+    parts.push(`${b.moved_layers} layer${b.moved_layers === 1 ? "" : "s"} → fp8`);
+    parts.push(`err ≤ ${Number(e.worst).toExponential(1)} (mean ${Number(e.weighted_mean).toExponential(1)})`);
+  } else {
+    parts.push("nothing moved");
+  }
+  return h("div", {
+    class: "ltxfp8-sub", "data-role": "budget", "data-budget-bytes": b.budget_bytes,
+    "data-moved-layers": b.moved_layers ?? 0, "data-over": over ? "1" : "0",
+    title: `weight budget ${b.budget} (${formatBytes(b.budget_bytes)}); without it ${formatBytes(b.unbudgeted_bytes)}; ` +
+      "predicted error: relative weight error of the moved layers' fp8 version (worst, parameter-weighted mean)",
+  }, parts.join(" · "));
 }
 
 function deviceLine(d) {
@@ -287,6 +311,16 @@ function vramView(report, text) {
   for (const [role, get] of figures) {
     body.append(h("tr", { "data-role": role, class: role === "total" ? "ltxfp8-total-row" : "" }, h("th", {}, role),
       models.map((m) => cell(m, { "data-role": role, "data-bytes": get(m) ?? 0 }, formatBytes(get(m))))));
+  }
+  // The weight budget a model was loaded / converted under, beside its total above.
+  if (models.some((m) => m.budget)) {
+    body.append(h("tr", { "data-role": "budget" }, h("th", {}, "budget"),
+      models.map((m) => m.budget
+        ? cell(m, { "data-role": "budget", "data-bytes": m.budget.budget_bytes,
+          "data-over": Number(m.holdings?.total_bytes) > Number(m.budget.budget_bytes) ? "1" : "0" },
+        formatBytes(m.budget.budget_bytes),
+        Number(m.holdings?.total_bytes) > Number(m.budget.budget_bytes) ? "over" : `${m.budget.budget}, fits`)
+        : cell(m, { "data-role": "budget" }, "–"))));
   }
   table.append(body);
   root.append(table);

@@ -35,6 +35,10 @@ CASE_SECONDS = float(os.environ.get("LOADER_FUZZ_CASE_SECONDS", "20"))
 FP8_CODES_NAN = 0x7F
 E4M3_MAX = 448.0
 F32_MAX = float(torch.finfo(torch.float32).max)
+# The plausibility limits of quant/scale_range.py, restated (the oracle does not import the rule it
+# checks): a larger weight scale, or an input scale outside these, makes the layer meaningless.
+WEIGHT_SCALE_MAX = 1e6
+INPUT_SCALE_LIMITS = (1e-12, 1e8)
 
 # The fixture files every mutation starts from (tools.ltx2_fixture TINY config, seed 5).
 BASES: dict[str, dict] = {
@@ -293,11 +297,13 @@ def tensor_valid(base: Base, name: str, blob: bytes) -> bool | None:
             and (t > 0).all()
             and torch.isfinite(t.double() * E4M3_MAX).all()
             and (t.double() * E4M3_MAX <= F32_MAX).all()
+            and (t.double() <= WEIGHT_SCALE_MAX).all()  # larger: no trained linear (quant/scale_range.py)
         )
     if role == "input_scale":
         if base.encoding == "comfy-legacy" and t.numel() == 1 and float(t) == 1.0:
             return True
-        return bool(torch.isfinite(t).all() and (t > 0).all())
+        lo, hi = INPUT_SCALE_LIMITS  # beyond: every activation zero or saturated (quant/scale_range.py)
+        return bool(torch.isfinite(t).all() and (t.double() >= lo).all() and (t.double() <= hi).all())
     return bool(torch.isfinite(t).all())
 
 
@@ -344,9 +350,12 @@ def mut_data_flip(r: R, base: Base) -> Case:
     names = {k for k, e in base.entries.items() if any(e.begin <= p < e.end for p in touched)}
     verdicts = {k: tensor_valid(base, k, bytes(blob[base.entries[k].begin : base.entries[k].end])) for k in names}
     bad = {k for k, v in verdicts.items() if v is False}
+    unknown = {k for k, v in verdicts.items() if v is None}
     detail = f"flipped {sorted(touched)} in {sorted(names)}"
     if bad:
-        return Case("data_flip", detail, bytes(blob), "error", bad)
+        # A flipped comfy_quant JSON may be refused first (the planner reads it before any weight):
+        # naming it is as right as naming the bad tensor.
+        return Case("data_flip", detail, bytes(blob), "error", bad | unknown)
     if any(v is None for v in verdicts.values()):
         return Case("data_flip", detail, bytes(blob), "either")
     return Case("data_flip", detail, bytes(blob), "load")
@@ -605,17 +614,25 @@ def mut_non_utf8_name(r: R, base: Base) -> Case:
     )
 
 
+# name -> (value, loads as a weight scale, loads as an input scale). Beyond finite and positive,
+# quant/scale_range.py refuses what makes a layer meaningless: an input scale above 1e8 (every
+# activation quantizes to zero) or below 1e-12 (every activation saturates), a weight scale above
+# 1e6; a tiny weight scale (tiny weights, e.g. an all-zero row) and merely implausible ones load
+# with a warning.
 SCALE_VALUES = {
-    "nan": (float("nan"), False),
-    "inf": (float("inf"), False),
-    "-inf": (float("-inf"), False),
-    "zero": (0.0, False),
-    "-zero": (-0.0, False),
-    "negative": (-0.01, False),
-    "-tiny": (-1e-30, False),
-    "subnormal": (1e-42, True),
-    "big": (1e30, True),
-    "overflowing": (1e38, None),
+    "nan": (float("nan"), False, False),
+    "inf": (float("inf"), False, False),
+    "-inf": (float("-inf"), False, False),
+    "zero": (0.0, False, False),
+    "-zero": (-0.0, False, False),
+    "negative": (-0.01, False, False),
+    "-tiny": (-1e-30, False, False),
+    "subnormal": (1e-42, True, False),
+    "implausible": (1e3, True, True),
+    "meaningless-weight": (1e7, False, True),
+    "meaningless-both": (1e9, False, False),
+    "big": (1e30, False, False),
+    "overflowing": (1e38, False, False),
 }
 
 
@@ -626,9 +643,8 @@ def mut_scale_value(r: R, base: Base) -> Case:
     k = r.pick(scales)
     e = base.entries[k]
     name = r.pick(list(SCALE_VALUES))
-    value, ok = SCALE_VALUES[name]
-    if ok is None:  # codes * scale overflow float32: a weight scale is refused, an input scale is fine
-        ok = _role(k) == "input_scale"
+    value, weight_ok, input_ok = SCALE_VALUES[name]
+    ok = input_ok if _role(k) == "input_scale" else weight_ok
     blob = bytearray(base.raw)
     n = e.nbytes // 4
     j = r.int(0, n - 1)
@@ -774,8 +790,8 @@ def module(pkg: str, name: str):
 
 
 class Guard:
-    """Instruments quant's file access: which files are opened, and that every read lies inside
-    the file (`offset + size <= file size`; the 8-byte length prefix may be cut by a tiny file).
+    """Instruments quant's file access: which files are opened, and that every read and every
+    mapping lies inside the file (`offset + size <= file size`; the 8-byte length prefix may be cut by a tiny file).
     `pkg` is the quant package: `quant`, or the pack's copy the host imported."""
 
     def __init__(self, pkg: str = "quant"):
@@ -792,8 +808,8 @@ class Guard:
 
     def __enter__(self):
         sh, guard = self.sh, self
-        self._orig = (sh._read_at, sh._read_exactly_into)
-        read_at, read_into = self._orig
+        self._orig = (sh._read_at, sh._read_exactly_into, sh._map_region)
+        read_at, read_into, map_region = self._orig
 
         def checked_read_at(f, offset, size, path):
             guard._check(f, offset, size, allow_short=(offset == 0 and size == 8))
@@ -803,7 +819,12 @@ class Guard:
             guard._check(f, offset, len(buf), allow_short=False, name=name)
             return read_into(f, offset, buf, path, name)
 
-        sh._read_at, sh._read_exactly_into = checked_read_at, checked_read_into
+        def checked_map_region(f, offset, size, path, name):
+            # A mapping past the end of the file would kill the process (SIGBUS) when touched.
+            guard._check(f, offset, size, allow_short=False, name=name)
+            return map_region(f, offset, size, path, name)
+
+        sh._read_at, sh._read_exactly_into, sh._map_region = checked_read_at, checked_read_into, checked_map_region
         self.planner.open = self.streamer.open = self._open
         sh.open = self._open
         return self
@@ -815,7 +836,7 @@ class Guard:
             self.violations.append(f"read of {size} bytes at {offset} ({name}) outside a {file_size}-byte file")
 
     def __exit__(self, *exc):
-        self.sh._read_at, self.sh._read_exactly_into = self._orig
+        self.sh._read_at, self.sh._read_exactly_into, self.sh._map_region = self._orig
         for m in (self.planner, self.streamer, self.sh):
             with contextlib.suppress(AttributeError):
                 del m.open
