@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-blocks", type=int, default=48, help="--full: blocks of a bundle to write (48)")
     ap.add_argument("--full-presets", default=None, help="--full: comma list (default auto,fp8-cast,scaled-mm)")
     ap.add_argument("--full-skip", default="", help="--full: comma list of core,http,bf16,forward,host")
+    ap.add_argument("--full-deadline-s", type=float, default=None, help="--full: skip later steps past this")
     ap.add_argument("--full-forward", default=None, help="--full: presets of the whole-model forward (all)")
     ap.add_argument(
         "--watchdog-gib", type=float, default=14.0, help="--full: kill a load past this private memory (GiB)"
@@ -416,6 +417,7 @@ def run_full(a, out: str, md: str) -> int:
         "blocks": a.full_blocks,
         "presets": [p.strip() for p in a.full_presets.split(",")] if a.full_presets else None,
         "skip": [s.strip() for s in a.full_skip.split(",") if s.strip()],
+        "deadline_s": a.full_deadline_s,
         "forward_presets": [p.strip() for p in a.full_forward.split(",")] if a.full_forward else None,
         "watchdog_gib": a.watchdog_gib,
         "min_available_gib": a.min_available_gib,

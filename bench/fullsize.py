@@ -474,6 +474,7 @@ def run(spec: dict) -> dict:
     presets = spec.get("presets") or list(PRESETS)
     skip = set(spec.get("skip") or ())
     t0 = time.perf_counter()
+    deadline = time.monotonic() + float(spec.get("deadline_s") or 1e9)  # from the start, lock wait included
     out: dict = {
         "profile": "full-size",
         "watchdog": {"private_limit_gib": guard.limit / GIB, "min_available_gib": guard.floor / GIB},
@@ -503,15 +504,50 @@ def run(spec: dict) -> dict:
             # leaves the page cache as warm as a file of this size can be here (what fits).
             return worker(kind="raw-read", cold=cold)
 
-        for policy in presets:
+        def late(what: str) -> bool:
+            if time.monotonic() < deadline:
+                return False
+            out.setdefault("not_measured", []).append(f"{what}: not measured (the run's time limit was reached)")
+            log(f"full size: {what} skipped (time limit)")
+            return True
+
+        def forward():
+            if "forward" not in skip:
+                out["forward"] = []
+                for policy in spec.get("forward_presets") or [p.partition(":")[0] for p in presets]:
+                    if late(f"forward {policy}"):
+                        continue
+                    r = worker(kind="bridge", policy=policy, cold=False, forward=True)
+                    out["forward"].append(
+                        {
+                            "policy": policy,
+                            "load_s": r.get("wall_s"),
+                            "error": r.get("error"),
+                            "private_after": r.get("anon_after"),
+                            "file_backed_after": r.get("file_after"),
+                            "holdings": r.get("holdings"),
+                            **({"forward": r["forward"]} if "forward" in r else {}),
+                        }
+                    )
+
+        for n_item, item in enumerate(presets):
+            if n_item == 1:
+                forward()  # right after the first preset: it ranks before the other presets' rows
+            # PRESET or PRESET:TEMPS:ROUTES (e.g. scaled-mm:warm:http) to measure less of a preset.
+            policy, _, rest = item.partition(":")
+            temps, _, routes = rest.partition(":")
+            temps = set(temps.split("+")) if temps else {"cold", "warm"}
+            routes = set(routes.split("+")) if routes else {"core", "http"}
             for cold in (True, False):
+                if ("cold" if cold else "warm") not in temps or late(f"{policy} {'cold' if cold else 'warm'}"):
+                    continue
                 # One reference read per temperature, just before the loads it is compared with
                 # (cold: every load drops the file's pages first, as the read did).
                 ref = read(cold)
-                if "core" not in skip:
+                if "core" not in skip and "core" in routes:
                     r = worker(kind="core", policy=policy, cold=cold)
                     out["rows"].append(_load_row("core (quant.stream)", r, ref))
-                if "http" not in skip:
+                if "http" not in skip and "http" in routes:
                     r = run_http(path, policy, cold, guard)
                     # The private bytes the load must take are decided by the plan (header +
                     # policy + weight dtype): the core's run of the same preset has the estimate
@@ -524,8 +560,10 @@ def run(spec: dict) -> dict:
                     out["runs"].append(dict(r))
                     _say(r)
                     out["rows"].append(_load_row("node over HTTP (--bf16-unet)", r, ref))
+        if len(presets) < 2:
+            forward()
         # bf16: 2 bytes per weight (44 GB at full size) cannot fit; what happens to it is the row.
-        if "bf16" not in skip:
+        if "bf16" not in skip and not late("bf16"):
             bf = {}
             if "core" not in skip:
                 bf["core"] = worker(kind="core", policy="bf16", cold=False)
@@ -535,22 +573,7 @@ def run(spec: dict) -> dict:
                 _say(r)
                 bf["http"] = r
             out["bf16"] = {k: _bf16_outcome(v) for k, v in bf.items()}
-        if "forward" not in skip:
-            out["forward"] = []
-            for policy in spec.get("forward_presets") or presets:
-                r = worker(kind="bridge", policy=policy, cold=False, forward=True)
-                out["forward"].append(
-                    {
-                        "policy": policy,
-                        "load_s": r.get("wall_s"),
-                        "error": r.get("error"),
-                        "private_after": r.get("anon_after"),
-                        "file_backed_after": r.get("file_after"),
-                        "holdings": r.get("holdings"),
-                        **({"forward": r["forward"]} if "forward" in r else {}),
-                    }
-                )
-        if "host" not in skip:
+        if "host" not in skip and not late("the host's own loader"):
             out["host_loader"] = host_loader(path, guard, worker)
         out["loadavg_end"] = list(os.getloadavg())
         out["mem_available_end"] = mem_available()

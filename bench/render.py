@@ -375,6 +375,8 @@ def block_fullsize(r: dict) -> str:
         rows,
     )
     parts = [head, table]
+    if fs.get("not_measured"):
+        parts.append("\n".join(f"- {x}" for x in fs["not_measured"]))
     bf = fs.get("bf16") or {}
     if bf:
         parts.append(
