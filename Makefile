@@ -3,7 +3,7 @@
 # both made by tools/bootstrap.sh (idempotent; a no-op once done).
 #   make run                     set up, demo bundle + example workflows, keep serving on :$(PORT)
 #   make demo-check              the same demo, exiting after the printed reports and table
-#   make workflows               regenerate example_workflows/*.json from example_workflows/api/
+#   make workflows               regenerate example_workflows/*.json and tests/workflows/*.json from their api/
 #   make lint                    ruff check + ruff format --check (part of make test)
 #   make test                    set up, then lint and all tests (PYTEST_ARGS="-k smoke" to narrow)
 #   make serve PORT=8188 ARGS="--verbose DEBUG"   the host with the pack, in the foreground

@@ -17,7 +17,7 @@ import time
 
 from . import render, targets
 from .common import NOT_MEASURED_GPU, REPO, host_available, log, machine_info, run_module, run_worker
-from .profiles import PROFILES
+from .profiles import PROFILES, STANDALONE
 
 GROUPS = ("load", "forward", "fidelity", "gpu")
 
@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = _read_results(out)
     if previous.get("fullsize"):  # measured by `--full` runs: kept until the next one
         results["fullsize"] = previous["fullsize"]
+    for name in STANDALONE:  # the standalone profiles' sections (bench/profiles.py): kept too
+        if previous.get(name):
+            results[name] = previous[name]
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     log(f"wrote {out}")

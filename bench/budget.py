@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -132,6 +133,28 @@ def original_check(path: str, name: str, seed: int) -> bool:
     return bool(torch.equal(w, LF.reference_tensor(LF.REAL, name + ".weight", seed).to(w.dtype)))
 
 
+MIN_FREE = 15 * 10**9  # the disk is shared: a generated file must leave this much free
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _complete(path: str) -> bool:
+    """The planner accepts the file (a truncated one is refused: its last tensor ends past the end)."""
+    from quant.errors import CheckpointError
+    from quant.plan import plan_checkpoint
+
+    try:
+        plan_checkpoint(path, "auto")
+        return True
+    except (CheckpointError, OSError):
+        return False
+
+
 def run(profile: str, workdir: str) -> dict:
     from tools import ltx2_fixture as LF
 
@@ -144,10 +167,24 @@ def run(profile: str, workdir: str) -> dict:
             g = spec["generate"]
             path = os.path.join(spec.get("dir") or workdir, g["name"])
             cfg = LF.config(getattr(LF, g["base"]), **g.get("overrides", {}))
-            t0 = time.perf_counter()
-            LF.write_checkpoint(path, cfg, g["encoding"], seed=g.get("seed", 0), passengers=False)
             made = True
-            log(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
+            need = 2 * sum(_numel(s) for s in LF.expected_state_shapes(cfg).values())  # bf16 upper bound
+            free = shutil.disk_usage(os.path.dirname(path)).free
+            if os.path.exists(path) and _complete(path):  # left by an interrupted run: same generator
+                log(f"reusing {path}")
+            elif free - need < MIN_FREE:
+                results["runs"].append(
+                    {
+                        "file": os.path.basename(path),
+                        "error": f"not written: {need / 1e9:.1f} GB would leave {(free - need) / 1e9:.1f} GB free "
+                        f"on the disk (< {MIN_FREE / 1e9:.0f} GB)",
+                    }
+                )
+                continue
+            else:
+                t0 = time.perf_counter()
+                LF.write_checkpoint(path, cfg, g["encoding"], seed=g.get("seed", 0), passengers=False)
+                log(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s")
         if not os.path.exists(path):
             results["runs"].append({"file": path, "error": "file not found"})
             continue
@@ -161,7 +198,7 @@ def run(profile: str, workdir: str) -> dict:
                 }
             for budget in spec["budgets"]:
                 log(f"{os.path.basename(path)}: budget {budget}")
-                r = bench_one(path, budget, spec.get("verify", True))
+                r = bench_one(path, budget, spec.get("verify", True) and budget in spec.get("verify_budgets", [budget]))
                 r["kind"] = spec["kind"]
                 results["runs"].append(r)
                 log(json.dumps({k: v for k, v in r.items() if k not in ("moved",)}, default=str)[:2000])

@@ -257,12 +257,13 @@ def render(c: dict, machine: dict) -> str:
         f"{c['loadavg_start'][0]:.1f} at the start, {c['loadavg_end'][0]:.1f} at the end): the times are one "
         f"run each, and the ratio against the raw copy of the same run is the figure to read.",
         "",
-        "| run | wall time | GB/s | time vs raw copy | peak private memory (RssAnon) | output check |",
-        "|---|---|---|---|---|---|",
+        "| run | wall time | GB/s | time vs raw copy | peak private memory (RssAnon) | over the import baseline "
+        "| output check |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in c["rows"]:
         if r.get("error"):
-            lines.append(f"| {r['label']} | {r['error']} | | | | |")
+            lines.append(f"| {r['label']} | {r['error']} | | | | | |")
             continue
         chk = r.get("check")
         check = ""
@@ -276,7 +277,10 @@ def render(c: dict, machine: dict) -> str:
             )
         ratio = f"{r['time_vs_copy']:.2f}x" if "time_vs_copy" in r else "(reference)"
         peak = gib(r["peak_rss_anon"]) if "peak_rss_anon" in r else "-"
-        lines.append(f"| {r['label']} | {r['wall_s']:.1f} s | {r['gb_per_s']:.2f} | {ratio} | {peak} | {check} |")
+        over = gib(r["peak_rss_anon"] - c["baseline_rss_anon"]) if "peak_rss_anon" in r else "-"
+        lines.append(
+            f"| {r['label']} | {r['wall_s']:.1f} s | {r['gb_per_s']:.2f} | {ratio} | {peak} | {over} | {check} |"
+        )
     lines += [
         "",
         f"Largest tensor of the file: `{c['largest_tensor']['name']}`, {gib(c['largest_tensor']['bytes'])}; a process "
@@ -304,14 +308,22 @@ def update_markdown(path: str, body: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.convert", description=__doc__.splitlines()[0])
-    ap.add_argument("--src", required=True, help="the full-size bundle")
+    ap.add_argument("--src", help="the full-size bundle")
     ap.add_argument("--workdir", default=None, help="where the outputs go (default: SRC's folder)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results.json"))
     ap.add_argument("--md", default=os.path.join(REPO, "BENCHMARKS.md"))
     ap.add_argument("--lock", action="store_true", help="take flock on <SRC folder>/.lock for the run")
     ap.add_argument("--watchdog-gib", type=float, default=8.0)
     ap.add_argument("--min-available-gib", type=float, default=1.0)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the BENCHMARKS block from --out, run nothing")
     a = ap.parse_args(argv)
+    if a.render_only:
+        with open(a.out) as f:
+            res = json.load(f)["convert"]
+        update_markdown(a.md, render(res, res["machine"]))
+        return 0
+    if not a.src:
+        ap.error("--src is required")
     workdir = a.workdir or os.path.dirname(os.path.abspath(a.src))
     lock = None
     if a.lock:

@@ -10,6 +10,7 @@ import time
 import comfy.model_management
 from comfy_api.latest import io
 
+from ..bridge.bundle_vae import load_bundle_vae
 from ..bridge.errors import node_error
 from ..bridge.host_model import build_model_patcher, host_plan
 from ..quant.device import device_caps
@@ -62,11 +63,24 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
             description=(
                 "Loads an LTX-2 / LTX-2.3 transformer from any checkpoint encoding (ltx-core fp8, "
                 "ComfyUI native or legacy scaled fp8, per-row scales, [in, out] fp8, bf16) keeping "
-                "every weight scale, streaming one tensor at a time. Bundle passengers (VAE, audio "
-                "VAE, vocoder, text projection) are reported, not loaded."
+                "every weight scale, streaming one tensor at a time. A bundle's video VAE (vae.*) is "
+                "built by the host's own VAE class and output as VAE (only those tensors are read); "
+                "the audio VAE and vocoder load with the host's LTXVAudioVAELoader on the same file."
             ),
             inputs=[io.Combo.Input("ckpt_name", options=checkpoint_names(), tooltip=CKPT_TOOLTIP)] + policy_inputs(),
-            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+            # New outputs go after the existing ones: saved workflows link outputs by slot index.
+            outputs=[
+                io.Model.Output(display_name="MODEL"),
+                io.String.Output(display_name="report"),
+                io.Vae.Output(
+                    display_name="VAE",
+                    tooltip=(
+                        "The bundle's video VAE (vae.* tensors + the header's config), as "
+                        "CheckpointLoaderSimple builds it. A file without a VAE gives the host's "
+                        "placeholder, which fails only when a node uses it."
+                    ),
+                ),
+            ],
             # The canvas badge (web/ltx_fp8.js) is this node's ui output: resent when the node is cached.
             has_intermediate_output=True,
         )
@@ -105,5 +119,8 @@ class LTXFP8CheckpointLoader(io.ComfyNode):
                 "label": f"{ckpt_name} [{pol.to_string()}]",
                 "budget": budget_figures(report["budget"]),  # the VRAM Report shows it beside the actual bytes
             }
+            bundle_vae = load_bundle_vae(path)
         log.info("%s; %s", report["summary"], load_line(plan, seconds))
-        return io.NodeOutput(patcher, format_text(report), ui={"ltx_fp8": [json.dumps(badge(report))]})
+        (log.warning if bundle_vae.problem else log.info)("%s: %s", ckpt_name, bundle_vae.note)
+        text = format_text(report) + "\n" + bundle_vae.note
+        return io.NodeOutput(patcher, text, bundle_vae.vae, ui={"ltx_fp8": [json.dumps(badge(report))]})

@@ -23,8 +23,8 @@ ENCODING_OPTIONS = sorted(ENCODINGS, key=lambda e: e != "comfy-native")
 MODEL_TOOLTIP = (
     "The LTX-2 MODEL to write: from Load LTX FP8 Checkpoint, Apply Quant Policy, or the host's LoRA loaders on "
     "them. fp8 layers are written as the codes with the scale in force (a LoRA merged in: its merged codes with "
-    "their fresh scale, 1 byte per weight); layers in bf16 mode at full precision (2 bytes per weight). A model "
-    "with a LoRA is loaded with its patches first (the device's memory, GPU or CPU, as for sampling)."
+    "their fresh scale, 1 byte per weight); layers in bf16 mode at full precision (2 bytes per weight). The model "
+    "is loaded as for sampling first (its LoRA patches merged; GPU or CPU memory of its size)."
 )
 SOURCE_TOOLTIP = (
     f"The bundle the MODEL was loaded from (the {' or '.join(MODEL_FOLDERS)} folders): its VAE, audio VAE, "

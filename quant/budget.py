@@ -43,7 +43,6 @@ from .holdings import layer_weight_bytes, other_tensor_bytes, plan_holdings
 from .ltx2_shapes import is_sensitive
 from .modes import decide_mode
 from .plan import LayerPlan, LoadPlan, finish_plan, retarget
-from .safetensors_header import read_tensor
 from .units import format_gb
 
 # Ranks of the order above.
@@ -150,11 +149,12 @@ class BudgetFit:
 
 
 # A layer larger than this many weights has its error measured on evenly spaced rows totalling
-# about this many (with the scale of the whole layer, as the load computes it). On 2 CPU cores the
-# exact error of one 16384 x 4096 layer takes ~1 s (e4m3 -> fp32 is not vectorized on CPU), more
-# than reading it; the sample's error agrees with the exact one to a few percent
-# (tests/quant/test_budget.py measures both on real-width layers).
-SAMPLE_WEIGHTS = 1 << 22
+# about this many (with the scale of the whole layer, as the load computes it: one max/min pass
+# over the stored weight). On 2 CPU cores the exact error of one 16384 x 4096 layer takes several
+# seconds (e4m3 -> fp32 is not vectorized on CPU), many times the time to read it; the sample's
+# error agrees with the exact one within 3% (tests/quant/test_budget.py measures both on
+# real-width layers).
+SAMPLE_WEIGHTS = 1 << 18
 
 
 def fp8_relative_error(weight: torch.Tensor, per_row: bool = False, sample: int | None = SAMPLE_WEIGHTS) -> float:
@@ -196,7 +196,7 @@ def measure_errors(plan: LoadPlan, layers: list[LayerPlan]) -> tuple[dict[str, f
     """The fp8 error of each layer's own weights, read one at a time in file order (the next one is
     read while the current one is measured); e4m3 layers are 0 without a read. Returns (errors,
     bytes read, seconds)."""
-    start, read, errors = time.perf_counter(), 0, {}
+    start, errors = time.perf_counter(), {}
     todo = []
     for lp in layers:
         if lp.stored_e4m3:
@@ -204,20 +204,66 @@ def measure_errors(plan: LoadPlan, layers: list[LayerPlan]) -> tuple[dict[str, f
         else:
             todo.append(lp)
     todo.sort(key=lambda lp: lp.src.weight.begin)
+    threads = torch.get_num_threads()
+    # One compute thread: the work per layer is one min/max pass and a few ops on a small sample,
+    # where OpenMP's fork/join costs more than it gives (2x slower on a busy 2-core machine), and
+    # reading the next layer, not computing, is what bounds the measurement.
+    torch.set_num_threads(1)
+    try:
+        _measure(plan, todo, errors)
+    finally:
+        torch.set_num_threads(threads)
+    read = sum(lp.src.weight.nbytes for lp in todo)
+    return errors, read, time.perf_counter() - start
+
+
+def _measure(plan: LoadPlan, todo: list[LayerPlan], errors: dict[str, float]) -> None:
+    # Two buffers, reused: the reader fills one while the other is measured (file reads and torch
+    # kernels release the GIL). Fresh memory for every layer cost more in page faults than the
+    # read itself.
+    size = max((lp.src.weight.nbytes for lp in todo), default=0)
+    buffers = (bytearray(size), bytearray(size))
     with open(plan.path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="ltx-fp8-budget") as pool:
-        # file reads and torch kernels release the GIL: reading overlaps measuring
-        pending = pool.submit(read_tensor, f, todo[0].src.weight, plan.path) if todo else None
+
+        def read(i):
+            return _read_into(f, todo[i].src.weight, buffers[i % 2], plan.path)
+
+        pending = pool.submit(read, 0) if todo else None
         for i, lp in enumerate(todo):
             w = pending.result()
-            pending = pool.submit(read_tensor, f, todo[i + 1].src.weight, plan.path) if i + 1 < len(todo) else None
-            read += lp.src.weight.nbytes
+            pending = pool.submit(read, i + 1) if i + 1 < len(todo) else None
             if lp.src.stored_fp8:  # e5m2 codes: the load dequantizes, then quantizes as e4m3
                 w = dequantize(w, lp.scale)
             if lp.transposed:
                 w = w.t()
             errors[lp.name] = fp8_relative_error(w, plan.per_row_quant)
             del w
-    return errors, read, time.perf_counter() - start
+
+
+def _read_into(f, info, buf: bytearray, path: str) -> torch.Tensor:
+    """Tensor `info` (offsets checked by read_header) read into `buf`, viewed in its dtype."""
+    view = memoryview(buf)
+    try:
+        f.seek(info.begin)
+        got = 0
+        while got < info.nbytes:
+            n = f.readinto(view[got : info.nbytes])
+            if not n:
+                raise CheckpointError(
+                    f"short read: got {got} of {info.nbytes} bytes at offset {info.begin} "
+                    "(file truncated or changed since its header was read)",
+                    file=path,
+                    tensor=info.name,
+                )
+            got += n
+    finally:
+        view.release()
+    raw = (
+        torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes)
+        if info.nbytes
+        else torch.empty(0, dtype=torch.uint8)
+    )
+    return raw.view(info.torch_dtype).reshape(info.shape)
 
 
 # ----- the fit ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .layer import QuantLayer
 from .linear import QuantLinear
 from .plan import plan_checkpoint
+from .safetensors_header import TensorSource
 from .stream import iter_load, materialize
 
 TOKENS = 64
@@ -58,9 +59,10 @@ def verify(
     gen = torch.Generator().manual_seed(seed)
     fit = plan.budget
     rows = []
-    with open(reference, "rb") as rf:
+    with open(reference, "rb", buffering=0) as rf:
+        ref_source = TensorSource(rf, reference)
         for name, layer in iter_load(plan, device, names=names):
-            ref = materialize(ref_layers[name], rf, ref_plan)
+            ref = materialize(ref_layers[name], ref_source, ref_plan)
             rows.append(_compare(name, layer, ref, gen, activation, backend, compute_dtype, device))
             del ref, layer
             rows[-1].update(

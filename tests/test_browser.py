@@ -1,19 +1,27 @@
 """The pack in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright against
-the real host serving its real frontend (comfyui_frontend_package) with this pack.
+the real host serving a real frontend with this pack.
 
-For each example workflow (example_workflows/*.json, UI format) and for a loader -> Apply Quant
-Policy -> VRAM Report graph built in the page: open the editor, load it (`app.loadGraphData`),
-queue it from the page (`app.queuePrompt`), wait for the run, and check that the canvas shows the
-pack's badges and the VRAM Report table with the numbers of that run, read back from the host's
-/history (the nodes' `ui` outputs): mode counts, byte totals and their text, per-model per-mode
-bytes and layer counts, the bar chart's segments. Also: the settings (units, chart, badges), the
-figures coming back when the nodes are cached or the editor restores outputs, the modern node
-design (Nodes 2.0), the node help pages found by the editor, the inputs' tooltips, the thumbnails.
-Screenshots go to test-artifacts/browser/.
+For each test graph (tests/workflows/*.json, UI format, on the demo files) and for a loader ->
+Apply Quant Policy -> VRAM Report graph built in the page: open the editor, load it
+(`app.loadGraphData`), queue it from the page (`app.queuePrompt`), wait for the run, and check that
+the canvas shows the pack's badges and the VRAM Report table with the numbers of that run, read
+back from the host's /history (the nodes' `ui` outputs): mode counts, byte totals and their text,
+per-model per-mode bytes and layer counts, the bar chart's segments. For each shipped template
+(example_workflows/*.json): it opens with every node known and every link drawn, and after a run
+on the tiny stand-ins (tests/support/templates.py; queued over HTTP for this page with the text
+encoder swapped, the page's graph untouched) its pack nodes show that run. Also: the settings
+(units, chart, badges), the figures coming back when the nodes are cached or the editor restores
+outputs, the modern node design (Nodes 2.0), the node help pages found by the editor, the inputs'
+tooltips, the thumbnails. Screenshots go to test-artifacts/browser/<frontend>/.
+
+Two frontends: `pinned`, the one ComfyUI 0.30.0 installs (comfyui-frontend-package 1.47), and
+`latest`, the newest on PyPI (tools/bootstrap.sh unpacks it into .host/frontend-latest; the pinned
+host serves it with --front-end-root). LTXFP8_BROWSER_FRONTENDS=pinned limits the run to the
+pinned one (LTXFP8_FRONTEND_LATEST=DIR points at another unpacked frontend).
 
 Needs /usr/bin/chromium (tools/bootstrap.sh installs Debian's package when run as root; the driver
 installs it too when missing and root) and playwright (requirements-dev.txt). Set
-LTXFP8_SKIP_BROWSER=1 to skip where no browser can be had. About 1.5 to 2 minutes on CPU.
+LTXFP8_SKIP_BROWSER=1 to skip where no browser can be had. About 2 minutes per frontend on CPU.
 """
 
 from __future__ import annotations
@@ -27,19 +35,23 @@ from pathlib import Path
 
 import pytest
 from support import hostlib
+from support import templates as tpl
 
 from tools import demo
 
 REPO = Path(__file__).resolve().parent.parent
 
-ARTIFACTS = REPO / "test-artifacts" / "browser"
+ARTIFACTS_ROOT = REPO / "test-artifacts" / "browser"
 WEB = REPO / "web"
 PACK = hostlib.PACK_NAME
 LOADER, APPLY, REPORT = "LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport"
 SAVE = "LTXFP8SaveCheckpoint"
-PACK_NODES = (LOADER, APPLY, REPORT)  # the nodes of the example workflows
+PACK_NODES = (LOADER, APPLY, REPORT)  # the nodes of the test graphs
 ALL_NODES = PACK_NODES + (SAVE,)  # every node of the pack: each has a help page and tooltips
-EXAMPLES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+TEST_GRAPHS = sorted(p.stem for p in demo.WORKFLOWS.glob("*.json"))  # tests/workflows/
+TEMPLATES = tpl.template_names()  # example_workflows/
+FRONTEND_LATEST = Path(os.environ.get("LTXFP8_FRONTEND_LATEST", REPO / ".host" / "frontend-latest" / "static"))
+FRONTENDS = [f.strip() for f in os.environ.get("LTXFP8_BROWSER_FRONTENDS", "pinned,latest").split(",") if f.strip()]
 TOOLTIP_HARDWARE = re.compile(r"GPU|CUDA|device|CPU", re.I)
 TOOLTIP_UNITS = re.compile(r"byte|memory", re.I)
 SCALED_MM_INPUTS = ("policy", "rules", "activation_scale", "backend")
@@ -61,17 +73,36 @@ def driver():
     return drv
 
 
+@pytest.fixture(scope="module", params=FRONTENDS)
+def frontend(request):
+    """ "pinned" (the host's own) or "latest" (--front-end-root: the newest on PyPI)."""
+    if request.param not in ("pinned", "latest"):
+        raise ValueError(f"LTXFP8_BROWSER_FRONTENDS: unknown frontend {request.param!r} (pinned, latest)")
+    if request.param == "latest" and not (FRONTEND_LATEST / "index.html").is_file():
+        pytest.fail(f"no frontend at {FRONTEND_LATEST}: run tools/bootstrap.sh (or LTXFP8_BROWSER_FRONTENDS=pinned)")
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def ui_host(host):
-    """The session host when it has tests/nodepack (the example workflows need it), else one of
-    our own with it. The demo model files are written into its model folders."""
+def artifacts(frontend):
+    d = ARTIFACTS_ROOT / frontend
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ui_host(host, frontend, artifacts):
+    """The session host for the pinned frontend when it has tests/nodepack (the test graphs need
+    it), else one of our own (with it, and --front-end-root for the latest frontend). The demo
+    files and the templates' stand-ins are written into its model folders."""
     own = None
     h = host
-    if "LTXFP8TestConditioning" not in host.object_info("LTXFP8TestConditioning"):
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        own = h = hostlib.Host(extra_custom_nodes=demo.node_packs(), log_path=ARTIFACTS / "host.log")
+    if frontend == "latest" or "LTXFP8TestConditioning" not in host.object_info("LTXFP8TestConditioning"):
+        args = ["--front-end-root", str(FRONTEND_LATEST)] if frontend == "latest" else []
+        own = h = hostlib.Host(extra_custom_nodes=demo.node_packs(), extra_args=args, log_path=artifacts / "host.log")
         h.start()
     demo.ensure_assets(h.models_dir, log=lambda *a: None)
+    tpl.install_stand_ins(h.models_dir)
     try:
         yield h
     finally:
@@ -187,20 +218,67 @@ def check_widgets_untouched(ed, workflow: dict) -> None:
 # Tests
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
-def test_example_workflow_shows_the_run_on_the_canvas(driver, editor, ui_host, name):
-    wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+@pytest.mark.parametrize("name", TEST_GRAPHS)
+def test_test_graph_shows_the_run_on_the_canvas(driver, editor, ui_host, artifacts, name):
+    wf = json.loads((demo.WORKFLOWS / f"{name}.json").read_text())
     try:
         entry, views = driver.run_in_editor(editor, ui_host, wf)
         nodes = check_run(driver, entry, views, wf)
     finally:
-        editor.screenshot_graph(ARTIFACTS / f"{name}.png")
+        editor.screenshot_graph(artifacts / f"{name}.png")
     assert LOADER in nodes.values() and REPORT in nodes.values()
     check_widgets_untouched(editor, wf)
     assert not editor.page_errors, editor.diagnostics()
 
 
-def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_host):
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_opens_complete_and_shows_a_run(driver, editor, ui_host, artifacts, name):
+    """Every node of the template is a known node type in this frontend (none drawn as missing),
+    every link is drawn, and after a run of the template on the stand-ins (queued for this page
+    over HTTP with the text encoder swapped: the page's graph keeps the real one) its loader,
+    Apply Quant Policy and VRAM Report show that run."""
+    wf = tpl.load_ui(name)
+    editor.load_workflow(wf)
+    state = editor.page.evaluate(
+        """() => ({
+          types: app.graph._nodes.map(n => n.type),
+          unknown: app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type),
+          links: app.graph.links instanceof Map ? app.graph.links.size : Object.keys(app.graph.links).length,
+          client: window.comfyAPI.api.api.clientId,
+        })"""
+    )
+    assert sorted(state["types"]) == sorted(n["type"] for n in wf["nodes"])
+    assert not state["unknown"], f"{name}: drawn as missing in this frontend: {state['unknown']}"
+    assert state["links"] == len(wf["links"])
+    entry, _views, _ = tpl.run_in_editor(editor, ui_host, name)
+    try:
+        nodes = driver.pack_node_ids(wf)
+        editor.frame_graph(list(nodes), pad=60)  # a node's DOM view is hidden while it is off-screen
+        check_run(driver, entry, editor.views(), wf)
+    finally:
+        editor.dismiss_overlays()
+        editor.screenshot_graph(artifacts / f"{name}.png")
+    assert LOADER in nodes.values()
+    if name == "ltx23_two_stage_mix":
+        assert sorted(nodes.values()) == sorted(PACK_NODES)
+    check_widgets_untouched(editor, wf)
+    assert not editor.page_errors, editor.diagnostics()
+
+
+def test_the_page_runs_the_intended_frontend(editor, frontend):
+    """The editor's own version (window.__COMFYUI_FRONTEND_VERSION__): the host's pin for "pinned",
+    the version tools/bootstrap.sh unpacked for "latest"."""
+    got = editor.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    req = (hostlib.HOST_DIR / "requirements.txt").read_text()
+    pinned = re.search(r"^comfyui-frontend-package==([0-9.]+)", req, re.M).group(1)
+    if frontend == "pinned":
+        assert got == pinned
+    else:
+        stamp = FRONTEND_LATEST.parent.parent / "stamps" / "frontend-latest"  # .host/stamps
+        assert got != pinned and got == stamp.read_text().strip(), (got, pinned)
+
+
+def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_host, artifacts):
     wf = driver.three_node_workflow(editor, demo.DEMO_FP8, policy="auto", apply_policy="bf16")
     entry, views = driver.run_in_editor(editor, ui_host, wf)
     nodes = check_run(driver, entry, views, wf)
@@ -209,7 +287,7 @@ def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_hos
     applied = _payload(entry, ids[APPLY], "ltx_fp8")
     assert applied["changed"] and applied["allocated_bytes"] > 0, applied  # fp8 -> bf16 allocates
     assert set(_nonzero(applied["holdings"]["blocks_by_mode"])) == {"bf16"}
-    editor.screenshot_graph(ARTIFACTS / "apply_quant_policy.png")
+    editor.screenshot_graph(artifacts / "apply_quant_policy.png")
 
     # Units: GiB everywhere, at once (no re-run).
     editor.set_setting("LTXFP8.Canvas.Units", "GiB")
@@ -256,18 +334,18 @@ def test_apply_quant_policy_badge_settings_cache_and_help(driver, editor, ui_hos
     )
     editor.page.click("[data-testid=info-button]", timeout=20000)
     editor.page.get_by_text("whatever its fp8 encoding").first.wait_for(timeout=20000)
-    editor.screenshot(ARTIFACTS / "node_help.png")
+    editor.screenshot(artifacts / "node_help.png")
     editor.page.keyboard.press("Escape")
     assert not editor.page_errors, editor.diagnostics()
 
 
-def test_figures_show_with_the_modern_node_design(driver, ui_host):
+def test_figures_show_with_the_modern_node_design(driver, ui_host, artifacts):
     """Settings -> Nodes 2.0 (Vue nodes, DOM-rendered): the same views, the same numbers."""
     with driver.Editor(ui_host.url, settings={"Comfy.VueNodes.Enabled": True}) as ed:
         wf = driver.three_node_workflow(ed, demo.DEMO_FP8, policy="fp8-cast", apply_policy="auto")
         entry, views = driver.run_in_editor(ed, ui_host, wf)
         check_run(driver, entry, views, wf)
-        ed.screenshot(ARTIFACTS / "vue_nodes.png")
+        ed.screenshot(artifacts / "vue_nodes.png")
         assert not ed.page_errors, ed.diagnostics()
 
 
@@ -300,9 +378,10 @@ def test_every_input_has_a_tooltip_with_units_and_hardware(ui_host):
 def test_example_workflows_have_thumbnails(ui_host):
     from PIL import Image
 
-    assert EXAMPLES, "no example_workflows/*.json"
+    assert TEMPLATES, "no example_workflows/*.json"
     listed = ui_host.get("/workflow_templates").get(PACK, [])
-    for name in EXAMPLES:
+    assert sorted(listed) == TEMPLATES  # the test graphs are not listed
+    for name in TEMPLATES:
         jpg = REPO / "example_workflows" / f"{name}.jpg"
         assert jpg.is_file(), f"{jpg} missing: run tools/make_thumbnails.py"
         img = Image.open(jpg)

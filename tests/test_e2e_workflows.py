@@ -4,7 +4,8 @@ report matches the file, LoRA on fp8, broken files, and Apply Quant Policy's iso
 The host is the session one (conftest `host`, with this pack and tests/nodepack). The demo files
 (tools/demo.py `ensure_assets`: the tiny LTX-2.3 bundle in the ltx-core encoding, its bf16
 original, a rank-4 LoRA) are written into its model folders under the names the example workflows
-use, and the API-format workflows (example_workflows/api/*.json) are queued unchanged.
+use, and the API-format test graphs (tests/workflows/api/*.json) are queued unchanged. The shipped
+templates (example_workflows/) have their own suite: tests/test_templates.py.
 
 Agreement is measured on the sampled latents (96x64x9 video + 9 audio latents, 4 euler steps,
 cfg 3, seed 42) as the relative error ||x - ref|| / ||ref||, video and audio separately. The
@@ -86,28 +87,31 @@ def test_object_info_lists_the_three_nodes(host):
         assert cls in info, f"test node pack not loaded: {cls}"
 
 
-def test_template_browser_lists_the_example_workflows(host):
+def test_template_browser_lists_only_the_shipped_templates(host):
     listed = host.get("/workflow_templates")
-    assert {"ltx_fp8_mix", "ltx_fp8_single"} <= set(listed.get(hostlib.PACK_NAME, [])), listed
-    # Only the UI files: the API copies live one folder down, which the template route never globs.
-    assert set(listed[hostlib.PACK_NAME]) == {p.stem for p in demo.WORKFLOWS.glob("*.json")}
-    for name in ("ltx_fp8_single", "ltx_fp8_mix"):
+    shipped = {p.stem for p in workflow_ui.WORKFLOWS.glob("*.json")}
+    assert shipped == {"ltx23_t2v_audio", "ltx23_two_stage_mix"}
+    # Only the UI files: the API copies live one folder down, which the template route never globs;
+    # the test graphs (tests/workflows/, they need tests/nodepack) are not listed.
+    assert set(listed.get(hostlib.PACK_NAME, [])) == shipped, listed
+    for name in shipped:
         served = host.get(f"/api/workflow_templates/{hostlib.PACK_NAME}/{name}.json")
         if isinstance(served, str):
             served = json.loads(served)
-        assert served == json.loads((demo.WORKFLOWS / f"{name}.json").read_text())
+        assert served == json.loads((workflow_ui.WORKFLOWS / f"{name}.json").read_text())
 
 
 def test_ui_workflows_are_generated_from_the_api_ones(host):
-    """example_workflows/*.json == tools/workflow_ui.py applied to example_workflows/api/*.json."""
-    texts = workflow_ui.render(workflow_ui.api_names(), host.object_info())
-    assert {"ltx_fp8_mix", "ltx_fp8_single"} <= set(texts)
+    """DIR/*.json == tools/workflow_ui.py applied to DIR/api/*.json, for example_workflows/ and
+    tests/workflows/."""
+    names = [n for d in workflow_ui.DIRS for n in workflow_ui.api_names(d)]
+    texts = workflow_ui.render(names, host.object_info())
+    assert {"ltx_fp8_mix", "ltx_fp8_single", "ltx23_t2v_audio", "ltx23_two_stage_mix"} <= set(texts)
     for name, text in texts.items():
-        assert (demo.WORKFLOWS / f"{name}.json").read_text() == text, (
-            f"example_workflows/{name}.json is out of date: run .venv/bin/python tools/workflow_ui.py"
-        )
+        path = workflow_ui.folder_of(name) / f"{name}.json"
+        assert path.read_text() == text, f"{path} is out of date: run .venv/bin/python tools/workflow_ui.py"
         ui = json.loads(text)
-        api = demo.load_api_workflow(name)
+        api = json.loads((path.parent / "api" / f"{name}.json").read_text())
         assert {n["id"] for n in ui["nodes"] if n["type"] != "Note"} == {int(k) for k in api}
 
 

@@ -1,17 +1,19 @@
-"""The UI-format example workflows open in the host's real graph editor (headless Chromium) and the
-editor turns each back into exactly its API-format copy (`app.graphToPrompt()`): same nodes,
-class types, inputs, links and titles. So what a person opens from the template browser is what
-the tests and the demo queue. Skipped where Chromium or Playwright is missing."""
+"""The UI-format workflows (the shipped templates in example_workflows/ and the test graphs in
+tests/workflows/) open in the host's real graph editor (headless Chromium) and the editor turns
+each back into exactly its API-format copy (`app.graphToPrompt()`): same nodes, class types,
+inputs, links and titles. So what a person opens from the template browser is what the tests
+queue. Skipped where Chromium or Playwright is missing."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from support import templates as tpl
 
-from tools import demo
+from tools import demo, workflow_ui
 
-NAMES = ("ltx_fp8_single", "ltx_fp8_mix")
+NAMES = [n for d in workflow_ui.DIRS for n in workflow_ui.api_names(d)]
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +22,7 @@ def editor(host):
     from support.browser.driver import BrowserUnavailable, Editor, seed_editor_settings
 
     demo.ensure_assets(host.models_dir, log=lambda *a: None)
+    tpl.install_stand_ins(host.models_dir)  # the templates' file names in the loaders' lists
     seed_editor_settings(host)
     try:
         ed = Editor(host.url).__enter__()
@@ -40,8 +43,10 @@ def _core(prompt: dict) -> dict:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_editor_turns_the_ui_workflow_into_the_api_one(editor, name):
-    ui = json.loads((demo.WORKFLOWS / f"{name}.json").read_text())
+    folder = workflow_ui.folder_of(name)
+    ui = json.loads((folder / f"{name}.json").read_text())
     editor.load_workflow(ui)
     out = editor.page.evaluate("async () => (await app.graphToPrompt()).output")
-    assert _core(out) == _core(demo.load_api_workflow(name)), editor.diagnostics()
+    api = json.loads((folder / "api" / f"{name}.json").read_text())
+    assert _core(out) == _core(api), editor.diagnostics()
     assert not editor.page_errors, editor.diagnostics()

@@ -295,3 +295,33 @@ def test_the_file_of_a_loaded_model_is_never_written_over(setup, tmp_path):
     out = tmp_path / "saved.safetensors"
     pack.bridge.save_model.save_model(patcher, core.path, str(out), "ltx-core")
     assert read_header(out).metadata["config"] == core.metadata["config"]
+
+
+def test_a_cancel_mid_save_leaves_nothing(setup, tmp_path):
+    """The node checks the host's interrupt flag between tensors (its progress callback): a Cancel
+    in the middle of a write raises the host's own exception and leaves no file and no temporary."""
+    from tools.host_inprocess import import_pack
+
+    pack = import_pack()
+    import comfy.model_management as mm
+
+    core, _ = setup
+    cpu = torch.device("cpu")
+    plan = pack.quant.plan.plan_checkpoint(core.path, "auto", device="cpu")
+    patcher = pack.bridge.host_model.build_model_patcher(plan, load_device=cpu, offload_device=cpu)
+    out = tmp_path / "cancelled.safetensors"
+    written = []
+
+    def progress(done, total, key):  # as the node's: the host's check, then the bar
+        written.append(key)
+        if len(written) == 40:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            pack.bridge.save_model.save_model(patcher, core.path, str(out), "comfy-native", progress=progress)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(written) == 40
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == []

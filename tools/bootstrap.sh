@@ -18,6 +18,11 @@ mkdir -p "$hstamps"
 SDIST_VERSION=2.6.0
 SDIST_SHA256=de5d0c3204f9235bfa8e5b4e64d4b33439103b0fae9e668cfc25baecd467134a
 TORCH_VERSION=2.13.0
+# The newest comfyui-frontend-package on PyPI (the pinned host installs 1.47): tests/test_browser.py
+# also runs against it. Pinned so CI is reproducible; bump it when a newer one is out.
+FRONTEND_LATEST_VERSION=1.58.1
+# comfy-cli (PyPI) for `comfy node validate` (tests/test_registry.py).
+COMFY_CLI_VERSION=1.23.0
 
 exec 9>"$host/bootstrap.lock"
 flock 9
@@ -96,6 +101,33 @@ if [ ! -f "$hstamps/chromium" ] || [ ! -x "$CHROMIUM" ]; then
     echo "[bootstrap] warning: $CHROMIUM missing and not root: the browser tests will fail" \
          "(sudo apt-get install chromium, or LTXFP8_SKIP_BROWSER=1)" >&2
   fi
+fi
+
+# The newest frontend, unpacked from its wheel (not installed: the pinned host serves it with
+# --front-end-root .host/frontend-latest/static).
+fl="$host/frontend-latest"
+if [ "$(cat "$hstamps/frontend-latest" 2>/dev/null || true)" != "$FRONTEND_LATEST_VERSION" ] \
+   || [ ! -f "$fl/static/index.html" ]; then
+  echo "[bootstrap] fetching comfyui-frontend-package==$FRONTEND_LATEST_VERSION (newest frontend)"
+  dl="$host/download-frontend"; rm -rf "$dl"; mkdir -p "$dl"
+  pip download --no-deps --only-binary :all: "comfyui-frontend-package==$FRONTEND_LATEST_VERSION" -d "$dl"
+  "$venv/bin/python" -c 'import glob, sys, zipfile; (w,) = glob.glob(sys.argv[1] + "/*.whl"); zipfile.ZipFile(w).extractall(sys.argv[1] + "/x")' "$dl"
+  rm -rf "$fl"; mkdir -p "$fl"
+  mv "$dl/x/comfyui_frontend_package/static" "$fl/static"
+  rm -rf "$dl"
+  echo "$FRONTEND_LATEST_VERSION" > "$hstamps/frontend-latest"
+fi
+
+# comfy-cli in its own venv (its dependencies must not move the host's pins), configured never to
+# prompt (its first run asks about tracking).
+cli="$host/comfy-cli"
+if [ "$(cat "$hstamps/comfy-cli" 2>/dev/null || true)" != "$COMFY_CLI_VERSION" ] || [ ! -x "$cli/bin/comfy" ]; then
+  echo "[bootstrap] installing comfy-cli==$COMFY_CLI_VERSION into .host/comfy-cli"
+  rm -rf "$cli"
+  "$PY" -m venv "$cli"
+  "$cli/bin/python" -m pip --disable-pip-version-check -q install "comfy-cli==$COMFY_CLI_VERSION"
+  "$cli/bin/comfy" --skip-prompt tracking disable >/dev/null
+  echo "$COMFY_CLI_VERSION" > "$hstamps/comfy-cli"
 fi
 
 # PyPI's torchaudio is a CUDA build: its native libraries fail to load against CPU torch

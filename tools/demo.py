@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make run`: the demo. Generates a tiny LTX-2.3-format fp8 bundle, its bf16 original and a LoRA
 into the host's model folders, starts ComfyUI with this pack (and the test node pack that stands
-in for the Gemma-3 text encoder and the audio VAE), queues the example workflows through the HTTP
+in for the Gemma-3 text encoder and the audio VAE), queues the test graphs (tests/workflows/) through the HTTP
 API, prints the VRAM reports and each mode's agreement with the bf16 run, and keeps serving so a
 person can open the graph editor (Ctrl-C stops it).
 
@@ -41,7 +41,9 @@ for p in (REPO, REPO / "tests"):
 
 from support import hostlib  # noqa: E402  (tests/support/hostlib.py: standard library only)
 
-WORKFLOWS = REPO / "example_workflows"
+# The test graphs on the demo files (they need tests/nodepack); the shipped templates in
+# example_workflows/ need the official files.
+WORKFLOWS = REPO / "tests" / "workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
 NODEPACK = REPO / "tests" / "nodepack"
 NODEPACK_NAME = "ltx-fp8-testnodes"
@@ -161,7 +163,7 @@ def fp8_file_bytes(path: str | os.PathLike) -> dict[str, int]:
 
 
 def load_api_workflow(name: str) -> dict:
-    """An API-format example workflow (example_workflows/api/NAME.json), as a fresh dict."""
+    """An API-format test graph (tests/workflows/api/NAME.json), as a fresh dict."""
     return json.loads((API_WORKFLOWS / f"{name}.json").read_text())
 
 
@@ -387,8 +389,9 @@ def main() -> int:
             print("[demo] DEMO_EXIT set: stopping the host", flush=True)
             return 0
         print(
-            f"\n[demo] ComfyUI is serving on {host.url} : open it in a browser; the example workflows are "
-            f"under Workflow > Browse Templates > comfyui-ltx-fp8. Ctrl-C stops it.",
+            f"\n[demo] ComfyUI is serving on {host.url} : open it in a browser and drop a graph of "
+            f"tests/workflows/ on it (they run on the demo files); the templates under Workflow > Browse "
+            f"Templates > comfyui-ltx-fp8 need the official LTX-2.3 files. Ctrl-C stops it.",
             flush=True,
         )
         while host.alive():

@@ -1,22 +1,24 @@
 #!/usr/bin/env python
-"""Thumbnails of the example workflows and the README screenshot, from real screenshots of the
+"""Thumbnails of the shipped templates and the README screenshots, from real screenshots of the
 graph editor (headless Debian Chromium driven by Playwright; tests/support/browser/driver.py).
 
-    .venv/bin/python tools/make_thumbnails.py                 # all example_workflows/*.json
-    .venv/bin/python tools/make_thumbnails.py ltx_fp8_mix     # one
+    .venv/bin/python tools/make_thumbnails.py                       # all example_workflows/*.json
+    .venv/bin/python tools/make_thumbnails.py ltx23_two_stage_mix   # one
     .venv/bin/python tools/make_thumbnails.py --url http://127.0.0.1:8188   # use a running host
-    .venv/bin/python tools/make_thumbnails.py --no-readme     # thumbnails only
+    .venv/bin/python tools/make_thumbnails.py --no-readme           # thumbnails only
 
-For each `example_workflows/NAME.json` (UI format) it starts a headless host with this pack and
-tests/nodepack (or uses --url; the demo model files are written into its model folders unless
---url is given), opens the editor, loads the workflow, runs it (so the canvas shows the pack's
-badges and the VRAM Report table), and writes `example_workflows/NAME.jpg`, 768 x 768 JPEG: the
-template browser shows thumbnails in square cards, so the graph fills the square's height from its
-left edge (the loaders and their badges; a wide graph is cut on the right).
-Also writes, for the README, from the mix workflow after its run: `docs/mix-workflow.png` (the
-whole graph), `docs/mix-loaders.png` (the three loaders with their badges, at 100 %) and
-`docs/mix-vram-report.png` (the VRAM Report node, at 150 %).
-Runs in about a minute on CPU.
+For each template `example_workflows/NAME.json` (UI format) it starts a headless host with this pack
+and tests/nodepack (or uses --url; unless --url is given, the demo files and the templates' tiny
+stand-ins (tests/support/templates.py) are written into its model folders), opens the editor,
+loads the template, runs it on the stand-ins for that page (text encoder swapped in the queued
+prompt only: the page shows the template as shipped) so the canvas shows the pack's badges and the
+VRAM Report table, and writes `example_workflows/NAME.jpg`, 768 x 768 JPEG: the template browser
+shows thumbnails in square cards, so the graph fills the square's height from its left edge (a
+wide graph is cut on the right).
+Also writes, for the README, from the test graph tests/workflows/ltx_fp8_mix.json after its run:
+`docs/mix-workflow.png` (the whole graph), `docs/mix-loaders.png` (the three loaders with their
+badges, at 100 %) and `docs/mix-vram-report.png` (the VRAM Report node, at 150 %).
+Runs in a few minutes on CPU.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ for p in (REPO, REPO / "tests"):
         sys.path.insert(0, str(p))
 
 from support import hostlib  # noqa: E402
+from support import templates as tpl  # noqa: E402
 from support.browser.driver import Editor, run_in_editor  # noqa: E402
 
 WORKFLOWS = REPO / "example_workflows"
+TEST_WORKFLOWS = REPO / "tests" / "workflows"
 README_SHOT = REPO / "docs" / "mix-workflow.png"
 README_LOADERS = REPO / "docs" / "mix-loaders.png"
 README_VRAM = REPO / "docs" / "mix-vram-report.png"
@@ -75,7 +79,7 @@ def thumbnail(png: bytes, out: Path, size: int = THUMB_SIZE) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="workflow names (default: all example_workflows/*.json)")
-    ap.add_argument("--url", help="a running host with this pack, tests/nodepack and the demo files")
+    ap.add_argument("--url", help="a running host with this pack, tests/nodepack, the demo files and stand-ins")
     ap.add_argument("--no-readme", action="store_true", help=f"do not write {README_SHOT.relative_to(REPO)}")
     args = ap.parse_args(argv)
 
@@ -93,24 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         own = host = hostlib.Host(extra_custom_nodes=demo.node_packs())
         host.prepare()
         demo.ensure_assets(host.models_dir, log=lambda *a: None)
+        tpl.install_stand_ins(host.models_dir)
         host.start()
         print(f"[thumbnails] host up on {host.url} in {host.startup_seconds:.1f} s")
     try:
         with Editor(host.url, viewport=THUMB_VIEWPORT) as ed:
             ed.focus_mode(True)
             for name in names:
-                wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
-                run_in_editor(ed, host, wf)
+                tpl.run_in_editor(ed, host, name)
                 ed.dismiss_overlays()
                 clip = ed.frame_graph(pad=32, how="square-left")
                 png = ed.page.screenshot(clip={k: clip[k] for k in ("x", "y", "width", "height")})
                 out = WORKFLOWS / f"{name}.jpg"
                 thumbnail(png, out)
                 print(f"[thumbnails] {out.relative_to(REPO)}")
-        if not args.no_readme and README_WORKFLOW in names:
+        if not args.no_readme:
             with Editor(host.url, viewport=README_VIEWPORT) as ed:
                 ed.focus_mode(True)
-                wf = json.loads((WORKFLOWS / f"{README_WORKFLOW}.json").read_text())
+                wf = json.loads((TEST_WORKFLOWS / f"{README_WORKFLOW}.json").read_text())
                 run_in_editor(ed, host, wf)
                 ed.screenshot_graph(README_SHOT, pad=16)
                 loaders = [str(n["id"]) for n in wf["nodes"] if n["type"] == "LTXFP8CheckpointLoader"]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Make the UI-format example workflows (`example_workflows/NAME.json`, what the graph editor opens
-and the host's template browser lists) from their API-format sources
-(`example_workflows/api/NAME.json`, what the tests and the demo queue), so the two never drift.
+"""Make the UI-format workflows (`DIR/NAME.json`, what the graph editor opens) from their API-format
+sources (`DIR/api/NAME.json`, what the tests and the demo queue), so the two never drift. Two
+folders: `example_workflows/` (the shipped templates, listed by the host's template browser) and
+`tests/workflows/` (the test graphs on the demo bundle, which need tests/nodepack).
 
-    .venv/bin/python tools/workflow_ui.py                  # all of example_workflows/api/*.json
-    .venv/bin/python tools/workflow_ui.py --url http://127.0.0.1:8188 ltx_fp8_mix
+    .venv/bin/python tools/workflow_ui.py                  # every DIR/api/*.json of both folders
+    .venv/bin/python tools/workflow_ui.py --url http://127.0.0.1:8188 ltx23_two_stage_mix
     .venv/bin/python tools/workflow_ui.py --check          # exit 1 if a UI file is out of date
 
 The node definitions (which inputs are widgets, their order, control_after_generate, output names)
@@ -29,8 +30,53 @@ for p in (REPO, REPO / "tests"):
 
 WORKFLOWS = REPO / "example_workflows"
 API_DIR = WORKFLOWS / "api"
+TEST_WORKFLOWS = REPO / "tests" / "workflows"
+DIRS = (WORKFLOWS, TEST_WORKFLOWS)
 PACK_NODES = {"LTXFP8CheckpointLoader", "LTXFP8ApplyQuantPolicy", "LTXFP8VRAMReport"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "COMFY_DYNAMICCOMBO_V3"}
+
+# Where each official file comes from (node properties "models": the editor offers the download
+# when a file is missing, as ComfyUI's own templates do). Folder = the host's model folder.
+HF = "https://huggingface.co"
+MODELS = {
+    "ltx-2.3-22b-dev-fp8.safetensors": (
+        "checkpoints",
+        f"{HF}/Lightricks/LTX-2.3-fp8/resolve/main/ltx-2.3-22b-dev-fp8.safetensors",
+    ),
+    "gemma_3_12B_it_fp4_mixed.safetensors": (
+        "text_encoders",
+        f"{HF}/Comfy-Org/ltx-2/resolve/main/split_files/text_encoders/gemma_3_12B_it_fp4_mixed.safetensors",
+    ),
+    "ltx_2.3_22b_distilled_1.1_lora_dynamic_fro09_avg_rank_111_bf16.safetensors": (
+        "loras",
+        f"{HF}/Comfy-Org/ltx-2.3/resolve/main/split_files/loras/"
+        "ltx_2.3_22b_distilled_1.1_lora_dynamic_fro09_avg_rank_111_bf16.safetensors",
+    ),
+    "ltx-2.3-spatial-upscaler-x2-1.1.safetensors": (
+        "latent_upscale_models",
+        f"{HF}/Lightricks/LTX-2.3/resolve/main/ltx-2.3-spatial-upscaler-x2-1.1.safetensors",
+    ),
+}
+
+
+def _files_note(names) -> str:
+    lines = ["Files (into ComfyUI/models/<folder>/; the names in the nodes are the official ones):"]
+    for name in names:
+        folder, url = MODELS[name]
+        lines.append(f"- {folder}/{name}\n  {url}")
+    return "\n".join(lines)
+
+
+_BUNDLE_NOTE = (
+    "The bundle (29.1 GB: transformer + video VAE + audio VAE + vocoder) is read once for the model: "
+    "Load LTX FP8 Checkpoint streams the transformer and gives the bundle's video VAE as its VAE output "
+    "(only the vae.* tensors); Load LTXV Audio VAE keeps only the audio_vae.* and vocoder.* tensors; "
+    "the text encoder loader takes the bundle's text projection."
+)
+_LORA_NOTE = (
+    "Any LTX-2.3 distilled LoRA works in the LoRA node, e.g. Lightricks' own "
+    "ltx-2.3-22b-distilled-lora-384-1.1.safetensors (Lightricks/LTX-2.3 on Hugging Face)."
+)
 
 # Notes shown in the graph (UI only: an API prompt has no place for them).
 NOTES = {
@@ -50,6 +96,32 @@ NOTES = {
         "ModelSamplingLTXV takes the previous sampler's latent: it reads only its size (the shift), "
         "so the three samplers run in turn and the one VRAM Report after the last sees all three.\n\n"
         "`make run` prints each mode's agreement with the bf16 run."
+    ),
+    "ltx23_t2v_audio": (
+        "LTX-2.3 text to video with audio, through LTX FP8\n\n"
+        "The chain of ComfyUI's own LTX-2.3 text-to-video template (Gemma 3 12B prompt encoding, "
+        "SamplerCustomAdvanced with the distilled LoRA's sigma schedule at CFG 1, tiled video decode, "
+        "audio decode, an mp4 with sound) with the model from Load LTX FP8 Checkpoint, policy 'auto': "
+        "every fp8 scale kept; scaled-mm on GPUs with fp8 tensor cores (Ada, Hopper, Blackwell), "
+        "fp8-cast elsewhere. Its third output is the bundle's video VAE.\n\n"
+        + _BUNDLE_NOTE
+        + "\n\n"
+        + _files_note(list(MODELS)[:3])
+        + "\n\n"
+        + _LORA_NOTE
+    ),
+    "ltx23_two_stage_mix": (
+        "LTX-2.3 two stages, two modes, one bundle load\n\n"
+        "Stage 1: the dev model in scaled-mm (fp8 x fp8 matrix multiplies: Ada, Hopper, Blackwell; "
+        "fp8-cast elsewhere), CFG 4, 20 steps at half size. The x2 spatial upscaler doubles the "
+        "video latent. Stage 2: Apply Quant Policy turns the same weights into fp8-cast (no new "
+        "weight memory), the distilled LoRA is merged at full precision and re-quantized, and three "
+        "distilled steps refine at full size. VRAM Report shows what each stage's model holds.\n\n"
+        + _BUNDLE_NOTE
+        + "\n\n"
+        + _files_note(list(MODELS))
+        + "\n\n"
+        + _LORA_NOTE
     ),
 }
 
@@ -74,7 +146,8 @@ def _is_widget(spec: list) -> bool:
     typ, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
     if opts.get("forceInput"):
         return False
-    return isinstance(typ, list) or typ in WIDGET_TYPES
+    # A V3 MultiType input ("FLOAT,INT") is shown as the widget of its first type ("widgetType").
+    return isinstance(typ, list) or typ in WIDGET_TYPES or opts.get("widgetType") in WIDGET_TYPES
 
 
 def _type_name(spec: list) -> str:
@@ -114,6 +187,15 @@ def _depths(api: dict) -> dict[str, int]:
 
     for nid in api:
         depth(nid)
+    # A source (a loader, a noise or sampler choice, an empty latent) goes in the column just before
+    # its first consumer rather than all in the first one: shorter links, a compact first column.
+    consumers: dict[str, list[str]] = {}
+    for nid in api:
+        for u in _layout_ups(api, nid):
+            consumers.setdefault(u, []).append(nid)
+    for nid in sorted(api, key=int):
+        if not _layout_ups(api, nid) and consumers.get(nid):
+            memo[nid] = max(0, min(memo[c] for c in consumers[nid]) - 1)
     return memo
 
 
@@ -236,6 +318,13 @@ def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
         cnr = _cnr_id(defn, ct)
         if cnr:
             props["cnr_id"] = cnr
+        models = [
+            {"name": v, "url": MODELS[v][1], "directory": MODELS[v][0]}
+            for v in node["inputs"].values()
+            if isinstance(v, str) and v in MODELS
+        ]
+        if models:
+            props["models"] = models
         entry = {
             "id": int(nid),
             "type": ct,
@@ -263,8 +352,8 @@ def api_to_ui(api: dict, object_info: dict, name: str) -> dict:
             {
                 "id": last,
                 "type": "Note",
-                "pos": [40, -260],
-                "size": [640, 220],
+                "pos": [40, -260 if len(NOTES[name]) < 900 else -560],
+                "size": [640, 220 if len(NOTES[name]) < 900 else 520],
                 "flags": {},
                 "order": len(ids),
                 "mode": 0,
@@ -294,12 +383,25 @@ def dumps(ui: dict) -> str:
     return json.dumps(ui, indent=2, ensure_ascii=False) + "\n"
 
 
-def api_names() -> list[str]:
-    return sorted(p.stem for p in API_DIR.glob("*.json"))
+def api_names(folder: Path = WORKFLOWS) -> list[str]:
+    return sorted(p.stem for p in (folder / "api").glob("*.json"))
+
+
+def folder_of(name: str) -> Path:
+    """The folder (example_workflows/ or tests/workflows/) whose api/ holds `name`."""
+    for d in DIRS:
+        if (d / "api" / f"{name}.json").is_file():
+            return d
+    raise FileNotFoundError(f"no api/{name}.json in {', '.join(str(d.relative_to(REPO)) for d in DIRS)}")
 
 
 def render(names, object_info) -> dict[str, str]:
-    return {n: dumps(api_to_ui(json.loads((API_DIR / f"{n}.json").read_text()), object_info, n)) for n in names}
+    """{name: UI JSON text} of API workflows in either folder."""
+    out = {}
+    for n in names:
+        api = json.loads((folder_of(n) / "api" / f"{n}.json").read_text())
+        out[n] = dumps(api_to_ui(api, object_info, n))
+    return out
 
 
 def fetch_object_info(url: str | None) -> dict:
@@ -318,15 +420,15 @@ def fetch_object_info(url: str | None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="*", help="workflow names (default: every example_workflows/api/*.json)")
+    ap.add_argument("names", nargs="*", help="workflow names (default: every api/*.json of both folders)")
     ap.add_argument("--url", help="a running host with this pack and tests/nodepack (default: start one)")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if a UI file differs")
     a = ap.parse_args(argv)
-    names = a.names or api_names()
+    names = a.names or [n for d in DIRS for n in api_names(d)]
     texts = render(names, fetch_object_info(a.url))
     stale = []
     for n, text in texts.items():
-        path = WORKFLOWS / f"{n}.json"
+        path = folder_of(n) / f"{n}.json"
         current = path.read_text() if path.is_file() else None
         if current == text:
             print(f"{path.relative_to(REPO)}: up to date")

@@ -111,3 +111,102 @@ def test_apply_policy_leaves_input_model_unchanged_and_shares_fp8_codes(env):
     assert m.weight.dtype != torch.float8_e4m3fn
     ref = original.weight.double() * original.weight_scale.double()
     assert torch.allclose(m.weight.double(), ref, rtol=1e-6, atol=0), "bf16 mode is the exact dequantized weight"
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _truth(cfg, lora):
+    from tools.ltx2_fixture import reference_tensor
+
+    return reference_tensor(cfg, LAYER + ".weight", SEED, torch.float32).double() + _lora_delta(lora)
+
+
+def _lora_patched(patcher, lora):
+    import comfy.sd
+    import comfy.utils
+
+    lora_sd = comfy.utils.load_torch_file(str(lora), safe_load=True)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora_sd, 1.0, 0.0)
+    return patched
+
+
+def test_in_place_lora_update_restores_codes_and_scale_and_never_writes_the_file(env):
+    """ComfyUI's `weight_inplace_update` (and hook LoRAs) back up and restore only the weight's
+    bytes, in place (comfy.utils.copy_to_param): the merged codes are written at the scale in
+    force, so the restored codes pair with the file's scale; the file-backed weight is a
+    copy-on-write mapping, so the file is never written."""
+    import comfy.utils
+
+    pack, cfg, ckpt, lora = env
+    before = _sha(ckpt)
+    patcher = _load(pack, ckpt, "fp8-cast")
+    patcher.weight_inplace_update = True
+    module = comfy.utils.get_attr(patcher.model.diffusion_model, LAYER)
+    codes0, scale0 = module.weight.clone(), module.weight_scale.clone()
+    param = module.weight
+    from support.memory import backing
+
+    assert backing({"w": param})["w"] == str(ckpt.resolve()), "the codes are a mapping of the file"
+    patched = _lora_patched(patcher, lora)
+    patched.patch_model(device_to=torch.device("cpu"))
+    try:
+        m = comfy.utils.get_attr(patched.model.diffusion_model, LAYER)
+        assert m.weight is param, "in place: the same Parameter"
+        assert not torch.equal(m.weight.view(torch.uint8), codes0.view(torch.uint8)), "the LoRA is merged"
+        assert torch.equal(m.fp8().scale, scale0), "in place: the scale in force stays"
+        eff = m.weight.double() * m.fp8().scale.double()
+        truth = _truth(cfg, lora)
+        assert float((eff - truth).norm() / truth.norm()) < 0.06
+    finally:
+        patched.unpatch_model(device_to=torch.device("cpu"))
+    m = comfy.utils.get_attr(patcher.model.diffusion_model, LAYER)
+    assert torch.equal(m.weight.view(torch.uint8), codes0.view(torch.uint8)), "codes restored bit for bit"
+    assert torch.equal(m.fp8().scale, scale0), "paired with the file's scale"
+    assert _sha(ckpt) == before, "the file on disk is unchanged"
+
+
+def test_lowvram_partial_load_with_a_lora_runs_and_leaves_the_file(env):
+    """The host's lowvram path (ModelPatcher.load with a small lowvram_model_memory): modules are
+    cast per forward and the LoRA arrives as a LowVramPatch weight_function; the layer computes
+    the merged weight, the stored codes stay the file's, the file is never written."""
+    import comfy.utils
+
+    pack, cfg, ckpt, lora = env
+    before = _sha(ckpt)
+    patcher = _load(pack, ckpt, "fp8-cast")
+    codes0 = comfy.utils.get_attr(patcher.model.diffusion_model, LAYER).weight.clone()
+    patched = _lora_patched(patcher, lora)
+    patched.load(torch.device("cpu"), lowvram_model_memory=1)
+    try:
+        m = comfy.utils.get_attr(patched.model.diffusion_model, LAYER)
+        assert m.weight_function, "lowvram: the LoRA is applied per forward"
+        assert torch.equal(m.weight.view(torch.uint8), codes0.view(torch.uint8)), "stored codes untouched"
+        x = torch.randn(5, m.in_features, dtype=torch.float32)
+        y_ref = torch.nn.functional.linear(x.double(), _truth(cfg, lora), m.bias.double())
+        assert float((m(x).double() - y_ref).norm() / y_ref.norm()) < 0.06
+    finally:
+        patched.unpatch_model(device_to=torch.device("cpu"))
+    assert _sha(ckpt) == before
+
+
+def test_moving_a_model_keeps_file_backed_weights_in_place(env):
+    """`.to()` to the device they are on is a no-op (no copy of a file-backed weight); the host's
+    ModelPatcher.load on the CPU moves nothing."""
+    from support.memory import backing
+
+    pack, cfg, ckpt, _ = env
+    patcher = _load(pack, ckpt, "fp8-cast")
+    dm = patcher.model.diffusion_model
+    mapped = {n: p for n, p in dm.named_parameters() if backing({"p": p})["p"]}
+    assert mapped, "the fixture's larger weights are file-backed"
+    ptrs = {n: p.data_ptr() for n, p in mapped.items()}
+    patcher.load(torch.device("cpu"))
+    patcher.model.to(torch.device("cpu"))
+    for n, p in dict(dm.named_parameters()).items():
+        if n in ptrs:
+            assert p.data_ptr() == ptrs[n], n
+    assert set(backing(dict(dm.named_parameters())).values()) >= {str(ckpt.resolve())}

@@ -156,7 +156,7 @@ def test_choose_least_harm_first_and_maximal():
 def test_under_budget_moves_nothing_and_reads_nothing(files, kind, monkeypatch):
     path = str(files[kind].path)
     plain = plan_checkpoint(path, "auto")
-    monkeypatch.setattr(B, "read_tensor", lambda *a, **k: pytest.fail("read a weight"))
+    monkeypatch.setattr(B, "_read_into", lambda *a, **k: pytest.fail("read a weight"))
     for b in (total(plain), total(plain) + 1, 10**12):
         plan = plan_checkpoint(path, f"auto; budget={b}B")
         assert [lp.decision for lp in plan.layers] == [lp.decision for lp in plain.layers]
@@ -256,7 +256,7 @@ def test_fp8_file_bf16_preset_keeps_the_files_codes_first(files, monkeypatch):
         layer_weight_bytes(lp, plain.compute_dtype, "bf16") - layer_weight_bytes(lp, plain.compute_dtype, "fp8-cast")
         for lp in stored
     )
-    monkeypatch.setattr(B, "read_tensor", lambda *a, **k: pytest.fail("read a weight"))
+    monkeypatch.setattr(B, "_read_into", lambda *a, **k: pytest.fail("read a weight"))
     plan = plan_checkpoint(path, f"bf16; budget={total(plain) - saving}B")
     moved = {m.name for m in plan.budget.moved}
     assert moved == {lp.name for lp in stored}
@@ -289,7 +289,7 @@ def test_rules_pin(files):
 def test_impossible_budget_refused_before_reading(files, monkeypatch):
     path = str(files["bf16"].path)
     floor = total(plan_checkpoint(path, "auto; transformer_blocks.1.*=bf16; *=fp8-cast"))
-    monkeypatch.setattr(B, "read_tensor", lambda *a, **k: pytest.fail("read a weight"))
+    monkeypatch.setattr(B, "_read_into", lambda *a, **k: pytest.fail("read a weight"))
     with pytest.raises(B.BudgetError) as e:
         plan_checkpoint(path, f"auto; budget={floor - 1}B; transformer_blocks.1.*=bf16")
     msg = str(e.value)
@@ -323,13 +323,13 @@ def test_fit_again_for_another_dtype_reuses_the_errors(files, monkeypatch):
     path = str(files["bf16"].path)
     budget = int(0.9 * total(plan_checkpoint(path, "auto")))
     plan = plan_checkpoint(path, f"auto; budget={budget}B")
-    read, real = [], B.read_tensor
+    read, real = [], B._read_into
 
-    def spy(f, info, p):
+    def spy(f, info, buf, p):
         read.append(info.name)
-        return real(f, info, p)
+        return real(f, info, buf, p)
 
-    monkeypatch.setattr(B, "read_tensor", spy)
+    monkeypatch.setattr(B, "_read_into", spy)
     fp32 = B.fit_budget(replace(plan, compute_dtype=torch.float32))
     known = {plan.contents.prefix + n + ".weight" for n in plan.budget.errors}
     assert not known & set(read) and fp32.budget.measured_layers == len(read)

@@ -88,6 +88,7 @@ def assert_same_layer(a: QuantLayer, b: QuantLayer, name: str) -> None:
         ("scaled-mm", False),
         ("fp8-cast; transformer_blocks.1.ff.*=bf16; proj_out=fp8-cast", False),
         ("fp8-cast", True),
+        ("bf16; budget=0.9MB", False),  # the planner's weight budget picks the fp8 layers
     ],
 )
 def test_bf16_source_equals_on_the_fly_quantization(files, tmp_path, policy, per_row):
@@ -112,6 +113,8 @@ def test_bf16_source_equals_on_the_fly_quantization(files, tmp_path, policy, per
         assert not stored["transformer_blocks.1.ff.net.0.proj"].quantized
         assert stored["proj_out"].quantized
     assert json.loads(read_header(out).metadata[NOTE_KEY])["policy"] == p_src.policy.to_string()
+    if "budget" in policy:  # the budget is met by the file written, as by the load
+        assert "budget=0.9MB" in p_src.policy.to_string() and 0 < r.layers["fp8_quantized"] < 68
 
 
 def test_bf16_layers_stay_as_stored(files, tmp_path):

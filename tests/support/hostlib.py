@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui-ltx-fp8"
 LAUNCHER = REPO / "tools" / "host_launcher.py"
 HOST_DIR = REPO / ".host" / "ComfyUI"
-MODEL_KINDS = ("checkpoints", "diffusion_models", "loras", "vae", "text_encoders")
+MODEL_KINDS = ("checkpoints", "diffusion_models", "loras", "vae", "text_encoders", "latent_upscale_models")
 DEFAULT_STARTUP_TIMEOUT = float(os.environ.get("LTXFP8_HOST_STARTUP_TIMEOUT", "120"))
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
