@@ -33,14 +33,18 @@ def rss_now() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def proc_status() -> dict[str, int]:
-    """VmHWM (peak RSS of this process image), VmRSS, RssAnon, RssFile, in bytes."""
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmHWM (peak RSS of the process image), VmRSS, RssAnon (private), RssFile (file-backed),
+    RssShmem of a process (this one by default), in bytes; {} once it is gone."""
     out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[k] = int(v.split()[0]) * 1024
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[k] = int(v.split()[0]) * 1024
+    except (OSError, ValueError):
+        return {}
     return out
 
 
@@ -250,3 +254,21 @@ def run_worker(spec: dict, timeout: float = 1800) -> dict:
 def log(msg: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stderr.flush()
+
+
+def mem_available() -> int:
+    """The system's MemAvailable, in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def drop_pages(path: str) -> None:
+    """Drop the file's clean pages from the page cache (pages mapped by a live process stay)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -34,39 +34,10 @@ import sys
 import threading
 import time
 
-from .common import PY, REPO, log, machine_info
+from .common import PY, REPO, drop_pages, log, machine_info, mem_available, proc_status
 
 GIB = 1 << 30
 ENCODINGS = ("ltx-core", "comfy-native")
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("RssAnon", "RssFile", "VmHWM", "VmRSS"):
-                    out[k] = int(v.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def drop_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def run_sampled(cmd: list[str], watchdog_gib: float, min_available_gib: float, env=None) -> dict:
@@ -180,7 +151,7 @@ def run(src: str, workdir: str, watchdog_gib: float, min_available_gib: float) -
     # The reference: a raw copy of the same file, durable on disk.
     copy = os.path.join(workdir, "convert_bench_copy.safetensors")
     if room():
-        drop_cache(src)
+        drop_pages(src)
         r = run_sampled(["bash", "-c", 'cp "$0" "$1" && sync "$1"', src, copy], watchdog_gib, min_available_gib)
         ok = r["rc"] == 0 and os.path.getsize(copy) == size
         res["rows"].append(
@@ -209,7 +180,7 @@ def run(src: str, workdir: str, watchdog_gib: float, min_available_gib: float) -
                 {"label": label, "kind": "convert", "encoding": enc, "error": "not measured: not enough free disk"}
             )
             continue
-        drop_cache(src)
+        drop_pages(src)
         r = run_sampled(
             [PY, "-m", "quant", "convert", src, out, "--encoding", enc, "--json"], watchdog_gib, min_available_gib, env
         )

@@ -41,7 +41,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .common import PY, REPO, RESULT_MARK, log
+from .common import PY, REPO, RESULT_MARK, drop_pages, log, mem_available, proc_status
 
 PRESETS = ("auto", "fp8-cast", "scaled-mm")
 BUNDLE_BF16_BLOCKS = (0, 1, 45, 46, 47)
@@ -52,27 +52,6 @@ TIME_TARGET = 1.15  # target: load time <= 1.15x the raw read of the same file
 
 
 # -- memory ---------------------------------------------------------------------------------------------
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("RssAnon", "RssFile", "VmRSS", "VmHWM"):
-                    out[k] = int(v.split()[0]) * 1024
-    except (OSError, ValueError):
-        return {}
-    return out
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Watchdog:
@@ -248,7 +227,6 @@ def write_native_copy(src: str, dst: str) -> dict:
         if os.path.exists(tmp):
             os.unlink(tmp)
     # Its pages are not the original's: keep the cache for what is measured next.
-    from .fullsize_worker import drop_pages
 
     drop_pages(dst)
     return {"bytes": os.path.getsize(dst), "seconds": time.perf_counter() - t, "fp8_layers": len(layers)}
@@ -332,7 +310,7 @@ def run_http(path: str, policy: str, cold: bool, guard: Guard, timeout: float = 
     """Load LTX FP8 Checkpoint + VRAM Report over HTTP in a fresh host started with `--bf16-unet`
     (the weight dtype a GPU uses), the file's folder added as a checkpoints folder. The load's time is
     the prompt's execution (execution_start -> execution_success/error messages of /history)."""
-    from .fullsize_worker import cached_bytes, drop_pages
+    from .fullsize_worker import cached_bytes
 
     hostlib = _hostlib()
     host = hostlib.Host(device="cpu")

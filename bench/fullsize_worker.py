@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from .common import emit
+from .common import drop_pages, emit
 
 STATUS_KEYS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")
 
@@ -60,15 +60,6 @@ def cached_bytes(path: str) -> int | None:
         return int(p.stdout.split()[0]) if p.returncode == 0 and p.stdout.strip() else None
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
-
-
-def drop_pages(path: str) -> None:
-    """Drop the file's clean pages from the page cache (pages mapped by a live process stay)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def raw_read(path: str, bufsize: int = 8 << 20) -> int:

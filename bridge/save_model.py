@@ -24,6 +24,7 @@ from ..quant.convert import (
     ENCODINGS,
     check_encoding,
     copied_keys,
+    copy_unchanged,
     layer_specs,
     layer_tensors,
     output_metadata,
@@ -32,7 +33,7 @@ from ..quant.convert import (
 from ..quant.device import device_caps
 from ..quant.errors import CheckpointError
 from ..quant.fp8 import FP8, Fp8Weight, is_fp8
-from ..quant.plan import identify_file, plan_checkpoint
+from ..quant.plan import plan_checkpoint
 from ..quant.safetensors_header import DTYPES
 from ..quant.safetensors_writer import SafetensorsWriter, TensorSpec, st_dtype
 from . import model_view
@@ -227,11 +228,7 @@ def save_model(patcher, src_path: str, out_path: str, encoding: str = "comfy-nat
                 bias = bias.to(b_dtype)
             for key, t in layer_tensors(prefix + item.name, weight, bias):
                 w.write(key, t)
-        with open(src_path, "rb", buffering=0) as f:
-            if identify_file(f) != plan.file_identity:
-                raise CheckpointError("the source bundle changed on disk while it was being read", file=src_path)
-            for info in copied:
-                w.copy(info.name, f, info.begin)
+        copy_unchanged(w, plan, copied)
         total = w.total_bytes
     return {
         "out": out_path,

@@ -186,6 +186,16 @@ class ConvertResult:
         return d
 
 
+def copy_unchanged(writer: SafetensorsWriter, plan: LoadPlan, infos: list[TensorInfo]) -> None:
+    """Copy `infos` (passengers and other tensors written as they are) from the planned file into
+    `writer`, byte for byte; refused if the file is no longer the one planned."""
+    with open(plan.path, "rb", buffering=0) as f:
+        if identify_file(f) != plan.file_identity:
+            raise CheckpointError("the file changed on disk while it was being read", file=plan.path)
+        for info in infos:
+            writer.copy(info.name, f, info.begin)
+
+
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -247,11 +257,7 @@ def convert(
             else:
                 w.write(plan.contents.prefix + name, item)
             del item
-        with open(src, "rb", buffering=0) as f:
-            if identify_file(f) != plan.file_identity:
-                raise CheckpointError("the file changed on disk while it was being converted", file=src)
-            for info in copied:
-                w.copy(info.name, f, info.begin)
+        copy_unchanged(w, plan, copied)
         total = w.total_bytes
     return ConvertResult(
         src,
