@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--md", default=None, help="markdown to update (default BENCHMARKS.md)")
     ap.add_argument("--workdir", default=os.path.join(REPO, "bench", "out", "budget"))
     a = ap.parse_args(argv)
-    if a.profile == "smoke" and not a.out:
-        ap.error("--profile smoke needs --out (it must not overwrite bench/results_budget.json)")
+    if a.profile != "full" and not a.out:
+        ap.error(f"--profile {a.profile} needs --out (it must not overwrite bench/results_budget.json)")
     out = a.out or os.path.join(REPO, "bench", "results_budget.json")
     md = a.md or (os.path.join(os.path.dirname(out), "BENCHMARKS.md") if a.out else os.path.join(REPO, "BENCHMARKS.md"))
     t0 = time.perf_counter()
