@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from support import hostlib
 
-from tools.host_inprocess import register_pack
+from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON, register_pack
 
 register_pack()
 
@@ -136,3 +136,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The pack as the host imports it (in this process), for tests that build host models here."""
+    if not HOST_AVAILABLE:
+        pytest.skip(HOST_SKIP_REASON)
+    from tools.host_inprocess import import_pack
+
+    return import_pack()

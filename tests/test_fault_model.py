@@ -14,7 +14,6 @@ loaded model when its file changes on disk, beside the host's own loader in the 
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import signal
@@ -24,28 +23,13 @@ import textwrap
 
 import pytest
 import torch
+from support.memory import live_ltxav_models
 
 from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
 from tools.ltx2_fixture import TINY, write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER = "transformer_blocks.1.attn1.to_q"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    if not HOST_AVAILABLE:
-        pytest.skip(HOST_SKIP_REASON)
-    from tools.host_inprocess import import_pack
-
-    return import_pack()
-
-
-def _live_models() -> int:
-    from comfy.ldm.lightricks.av_model import LTXAVModel
-
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, LTXAVModel))
 
 
 def test_a_file_renamed_over_the_one_in_use_leaves_the_model_on_the_old_bytes(pack, tmp_path):
@@ -163,13 +147,13 @@ def test_a_file_truncated_between_plan_and_load_leaves_no_model(pack, tmp_path):
     write_checkpoint(path, TINY, "ltx-core", seed=1)
     plan = pack.quant.plan.plan_checkpoint(str(path), "auto", device="cpu")
     os.truncate(path, os.path.getsize(path) // 2)
-    before = _live_models()
+    before = live_ltxav_models()
     cpu = torch.device("cpu")
     errors = importlib.import_module(pack.__name__ + ".bridge.errors")
     with pytest.raises(pack.quant.errors.CheckpointError, match="changed on disk"):
         with errors.node_error("m.safetensors"):
             pack.bridge.host_model.build_model_patcher(plan, load_device=cpu, offload_device=cpu)
-    assert _live_models() == before
+    assert live_ltxav_models() == before
 
 
 def test_a_load_that_cannot_fit_the_ram_is_refused_before_it_starts(pack, monkeypatch, tmp_path):
@@ -188,14 +172,14 @@ def test_a_load_that_cannot_fit_the_ram_is_refused_before_it_starts(pack, monkey
     need = errors.private_bytes_by_preset(plan, plan.compute_dtype)
     assert need["bf16"] > 1.5 * need["fp8-cast"]
     monkeypatch.setattr(errors, "ram_available", lambda: (need["bf16"] + need["fp8-cast"]) // 2)
-    before = _live_models()
+    before = live_ltxav_models()
     with pytest.raises(MemoryError) as err:
         node.execute(path.name, policy="bf16")
     msg = str(err.value)
     assert isinstance(err.value, errors.LoadRefused)
     assert msg.startswith(f"{path.name}: not loaded, it would not fit in RAM: policy bf16 needs"), msg
     assert "Policy fp8-cast (or scaled-mm) would fit: try it" in msg, msg
-    assert _live_models() == before
+    assert live_ltxav_models() == before
     out = node.execute(path.name, policy="fp8-cast")  # what the message advises: loads
     assert out.result[0] is not None
     monkeypatch.setattr(errors, "ram_available", lambda: need["fp8-cast"] // 2)

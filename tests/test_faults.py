@@ -10,15 +10,13 @@ on a CUDA host the same tests run, and CUDA allocated bytes are checked as well.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import time
 
 import pytest
 import torch
 from support import reliability as rl
-
-from tools.host_inprocess import HOST_AVAILABLE, HOST_SKIP_REASON
+from support.memory import live_ltxav_models
 
 MEDIUM = rl.config(
     rl.TINY,
@@ -199,22 +197,6 @@ def test_interrupted_prompt_ends_cleanly_and_the_next_works(host, medium, figure
 # Out of memory, in-process (simulated inside the load)
 
 
-@pytest.fixture(scope="module")
-def pack():
-    if not HOST_AVAILABLE:
-        pytest.skip(HOST_SKIP_REASON)
-    from tools.host_inprocess import import_pack
-
-    return import_pack()
-
-
-def _live_models() -> int:
-    from comfy.ldm.lightricks.av_model import LTXAVModel
-
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, LTXAVModel))
-
-
 def _oom_during_load(pack, monkeypatch, plan, exc, after: int = 40):
     """Run the node's load path (node_error + build_model_patcher) with `exc` raised after
     `after` tensors have been loaded; returns the MemoryError."""
@@ -230,12 +212,12 @@ def _oom_during_load(pack, monkeypatch, plan, exc, after: int = 40):
 
     monkeypatch.setattr(hm, "iter_load", failing)
     cpu = torch.device("cpu")
-    before = _live_models()
+    before = live_ltxav_models()
     with pytest.raises(MemoryError) as err:
         with errors.node_error("m.safetensors") as ctx:
             ctx["plan"] = plan
             hm.build_model_patcher(plan, load_device=cpu, offload_device=cpu)
-    assert _live_models() == before, "the partly built model must be dropped"
+    assert live_ltxav_models() == before, "the partly built model must be dropped"
     monkeypatch.setattr(hm, "iter_load", real)
     return str(err.value)
 
@@ -330,13 +312,13 @@ def test_loader_node_out_of_memory_message_uses_its_plan(pack, monkeypatch, oom_
             yield item
 
     monkeypatch.setattr(hm, "iter_load", failing)
-    before = _live_models()
+    before = live_ltxav_models()
     with pytest.raises(MemoryError) as err:
         loader_node.execute(oom_file.name, policy="bf16")
     msg = str(err.value)
     assert msg.startswith(f"{oom_file.name}: out of memory while loading"), msg
     assert "with policy bf16" in msg and "not even fp8-cast" in msg, msg
-    assert _live_models() == before
+    assert live_ltxav_models() == before
 
 
 def test_interrupt_inside_the_load_drops_the_partial_model(pack, monkeypatch, oom_file):
@@ -357,7 +339,7 @@ def test_interrupt_inside_the_load_drops_the_partial_model(pack, monkeypatch, oo
 
     monkeypatch.setattr(hm, "iter_load", interrupting)
     plan = pack.quant.plan.plan_checkpoint(str(oom_file), "bf16", device="cpu")
-    before = _live_models()
+    before = live_ltxav_models()
     cpu = torch.device("cpu")
     try:
         with pytest.raises(mm.InterruptProcessingException):
@@ -366,4 +348,4 @@ def test_interrupt_inside_the_load_drops_the_partial_model(pack, monkeypatch, oo
     finally:
         mm.interrupt_current_processing(False)
     assert seen[-1] == 100, "stopped at the first check after the flag, no tensor read after it"
-    assert _live_models() == before, "the partly built model must be dropped"
+    assert live_ltxav_models() == before, "the partly built model must be dropped"

@@ -526,11 +526,9 @@ def write_random_bundle(path: str, cfg: dict, device) -> dict:
 
 
 def _drop(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    from bench.common import drop_pages
+
+    drop_pages(path)
 
 
 def _raw_read(path: str) -> float:

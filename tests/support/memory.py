@@ -32,3 +32,14 @@ def backing(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
 
 def storage_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def live_ltxav_models() -> int:
+    """How many of the host's LTXAV models are alive in this process (after a collection): a
+    failed load must leave none behind."""
+    import gc
+
+    from comfy.ldm.lightricks.av_model import LTXAVModel
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, LTXAVModel))
