@@ -218,6 +218,18 @@ def emit(result: dict) -> None:
     sys.stdout.flush()
 
 
+def run_kind(argv: list[str], kinds: dict) -> int:
+    """A worker process's entry: argv[0] is the JSON spec; runs `kinds[spec["kind"]]` and emits its
+    result."""
+    spec = json.loads(argv[0])
+    import torch  # every kind starts from the same baseline: torch imported, nothing loaded
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    emit(kinds[spec["kind"]](spec))
+    return 0
+
+
 def run_module(module: str, spec: dict, timeout: float = 1800, env: dict | None = None) -> dict:
     """Run `python -m <module> '<spec json>'` from the repo root in a fresh process and return its
     marked JSON result; failures come back as {"error": ...} (a row then says so, never a number)."""

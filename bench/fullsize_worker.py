@@ -22,14 +22,13 @@ cache holds (reported as `cached_before_bytes`). Memory: a thread samples /proc/
 from __future__ import annotations
 
 import gc
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
-from .common import drop_pages, emit
+from .common import drop_pages, run_kind
 
 STATUS_KEYS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")
 
@@ -375,13 +374,7 @@ KINDS = {"raw-read": k_raw_read, "core": k_core, "bridge": k_bridge, "host": k_h
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    import torch  # every kind starts from the same baseline: torch imported, nothing loaded
-
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    emit(KINDS[spec["kind"]](spec))
-    return 0
+    return run_kind(argv, KINDS)
 
 
 if __name__ == "__main__":

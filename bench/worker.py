@@ -24,7 +24,7 @@ import struct
 import sys
 import time
 
-from .common import RssSampler, emit, proc_status, rss_now, ru_maxrss, warm_read
+from .common import RssSampler, proc_status, rss_now, ru_maxrss, run_kind, warm_read
 
 BLOCK_PREFIX = "transformer_blocks."
 
@@ -351,13 +351,7 @@ KINDS = {
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    import torch  # every kind starts from the same baseline: torch imported, nothing loaded
-
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    emit(KINDS[spec["kind"]](spec))
-    return 0
+    return run_kind(argv, KINDS)
 
 
 if __name__ == "__main__":
