@@ -25,13 +25,27 @@ def is_fp8(dtype: torch.dtype) -> bool:
     return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def amax_scale(weight: torch.Tensor, per_row: bool = False) -> torch.Tensor:
-    """fp32 scale mapping the weight's amax to the e4m3 max: `[]`, or `[out]` per row."""
-    # max |w| = max(max w, -min w): one min/max pass in the weight's own dtype (exact: no rounding
-    # in max/min), instead of full-size float32 and abs() copies of a weight that may be GBs.
-    lo, hi = torch.aminmax(weight, dim=1) if per_row else torch.aminmax(weight)
+def weight_range(weight: torch.Tensor, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(min, max)` of the weight, whole or per row: one pass in the weight's own dtype (exact: no
+    rounding in min/max). NaN propagates to both ends and an inf shows in one, so the same pass
+    decides whether a weight can be quantized (`range_is_finite`) and its scale (`range_scale`)."""
+    return torch.aminmax(weight, dim=1) if per_row else torch.aminmax(weight)
+
+
+def range_is_finite(lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    return bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())
+
+
+def range_scale(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """fp32 scale mapping max |w| = max(max w, -min w) to the e4m3 max: `[]`, or `[out]` per row."""
     amax = torch.maximum(hi, lo.neg())
     return (amax.float() / E4M3_MAX).clamp_min(_MIN_SCALE).to(torch.float32)
+
+
+def amax_scale(weight: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """fp32 scale mapping the weight's amax to the e4m3 max: `[]`, or `[out]` per row (one min/max
+    pass in the weight's dtype, not full-size float32 and abs() copies of a weight of GBs)."""
+    return range_scale(*weight_range(weight, per_row))
 
 
 def _rows(scale: torch.Tensor) -> torch.Tensor:
@@ -39,15 +53,34 @@ def _rows(scale: torch.Tensor) -> torch.Tensor:
     return scale[:, None] if scale.dim() == 1 else scale
 
 
+# Elements of one fp32 slab of `quantize` on CPU: small enough to stay in the core's cache through
+# the convert, divide, clamp and fp8 cast. A whole-weight fp32 temporary is first faulted in, then
+# written to RAM and read back three times: 2.3x slower on a 4096x16384 bf16 weight (465 vs 1084 M
+# elements/s, this repo's 2-core CI machine).
+_QUANTIZE_SLAB = 1 << 18
+
+
 def quantize(weight: torch.Tensor, scale: torch.Tensor | None = None, per_row: bool = False):
     """Return `(codes, scale)`: fp8 codes of `weight / scale`, clamped to the e4m3 range.
 
-    The clamp matters: values past 448 cast to NaN in e4m3fn, not to the max.
+    The clamp matters: values past 448 cast to NaN in e4m3fn, not to the max. On CPU a 2-D weight
+    is converted a slab of rows at a time, bit-identical to the whole-tensor arithmetic (every
+    element goes through the same fp32 divide, clamp and cast).
     """
     if scale is None:
         scale = amax_scale(weight, per_row)
-    w = weight.to(torch.float32, copy=True).div_(_rows(scale))  # one fp32 copy, not two
-    codes = w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
+    div = _rows(scale)
+    if weight.device.type != "cpu" or weight.dim() != 2 or weight.numel() <= _QUANTIZE_SLAB:
+        w = weight.to(torch.float32, copy=True).div_(div)  # one fp32 copy, not two
+        return w.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8), scale
+    codes = torch.empty(weight.shape, dtype=FP8)
+    rows = max(1, _QUANTIZE_SLAB // weight.shape[1])
+    slab = torch.empty((rows, weight.shape[1]), dtype=torch.float32)
+    for start in range(0, weight.shape[0], rows):
+        end = min(start + rows, weight.shape[0])
+        part = slab[: end - start].copy_(weight[start:end])
+        part.div_(div[start:end] if div.dim() else div).clamp_(-E4M3_MAX, E4M3_MAX)
+        codes[start:end].copy_(part)
     return codes, scale
 
 

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import torch
 
 from .errors import CheckpointError
+from .readahead import ReadAhead
 
 # safetensors dtype string -> (torch dtype, bytes per element). Same names as safetensors.torch.
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -190,9 +191,6 @@ def _check_bool(raw: torch.Tensor, info: TensorInfo, path: str | None) -> None:
 # Tensors below a page are read into private memory: their mapping would save nothing and cost a
 # system call and a kernel VMA (vm.max_map_count defaults to 65530; the 22B bundle maps ~5000).
 MAP_MIN_BYTES = mmap.PAGESIZE
-# posix_fadvise(WILLNEED) read-ahead kept this far past the tensor being read, so the disk reads
-# the next tensors while this one is validated (a mapping's own fault read-around is ~128 KiB).
-READAHEAD_BYTES = 256 << 20
 
 
 def map_tensor(f: BinaryIO, info: TensorInfo, path: str | None = None) -> torch.Tensor:
@@ -243,15 +241,16 @@ class TensorSource:
 
     Large tensors come from `map_tensor` (one mapping per tensor, never one of the whole file);
     small ones, and all of them when `in_ram` (the copy mode: weights in private memory, as a
-    user may want on a network share), from `read_tensor`. Read-ahead of the bytes that follow
-    the tensor asked for is requested from the kernel, so reading overlaps validation."""
+    user may want on a network share), from `read_tensor`. A `ReadAhead` thread keeps the kernel
+    reading the bytes that follow the tensor asked for, so the disk works while it is validated and
+    converted. `with TensorSource(f) as source:` stops that thread before the file is closed."""
 
     def __init__(self, f: BinaryIO, path: str | None = None, in_ram: bool = False):
         self.f, self.path, self.in_ram = f, path if path is not None else _name_of(f), in_ram
-        self._advised = 0  # the file offset up to which read-ahead was requested
+        self._ahead = ReadAhead(f.fileno())
 
     def get(self, info: TensorInfo) -> torch.Tensor:
-        self._read_ahead(info)
+        self._ahead.reading(info.begin, info.end)
         if self.in_ram or info.nbytes < MAP_MIN_BYTES:
             return read_tensor(self.f, info, self.path)
         return map_tensor(self.f, info, self.path)
@@ -261,16 +260,14 @@ class TensorSource:
         """Whether `get(info)` returns a file-backed tensor (the one rule, used by the estimates)."""
         return not in_ram and info.nbytes >= MAP_MIN_BYTES
 
-    def _read_ahead(self, info: TensorInfo) -> None:
-        if info.end <= self._advised - READAHEAD_BYTES // 2:
-            return
-        start = max(self._advised, info.begin)
-        end = info.end + READAHEAD_BYTES
-        try:
-            os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_WILLNEED)
-        except (AttributeError, OSError):  # not on this OS / file system: reads still work
-            pass
-        self._advised = end
+    def close(self) -> None:
+        self._ahead.close()
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

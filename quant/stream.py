@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .errors import CheckpointError
-from .fp8 import Fp8Weight, check_codes, check_finite, dequantize, quantize
+from .fp8 import Fp8Weight, check_codes, check_finite, dequantize, quantize, range_is_finite, range_scale, weight_range
 from .layer import QuantLayer
 from .plan import LayerPlan, LoadPlan, identify_file, plan_checkpoint
 from .policy import Policy
@@ -110,7 +110,7 @@ def materialize(lp: LayerPlan, source: TensorSource, plan: LoadPlan, device="cpu
         if src.weight.dtype == "F8_E5M2" or lp.mode == "bf16":
             w = dequantize(w, scale, plan.compute_dtype if lp.mode == "bf16" else torch.float32)
             scale = None
-    else:
+    elif lp.mode == "bf16":  # (a weight headed for fp8 is checked by the min/max pass that scales it)
         check_finite(w, path, src.weight.name, f"layer {src.name}: weight")
     if lp.mode == "bf16":
         # Only a conversion that can overflow needs the check again (an up-cast of a finite bf16
@@ -120,14 +120,15 @@ def materialize(lp: LayerPlan, source: TensorSource, plan: LoadPlan, device="cpu
         if converted:  # a dequantized or down-cast weight must still be finite in the compute dtype
             check_finite(w, path, src.weight.name, f"layer {src.name}: weight in {plan.compute_dtype}")
     elif scale is None:
-        # Two reductions, no full-size bool temporary (isfinite().all() took longer than the
-        # quantization itself): NaN propagates to both ends, an inf shows in one.
-        lo, hi = torch.aminmax(w)
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        # One min/max pass both validates and scales (no full-size bool temporary: isfinite().all()
+        # took longer than the quantization itself).
+        lo, hi = weight_range(w, plan.per_row_quant)
+        if not range_is_finite(lo, hi):
+            check_finite(w, path, src.weight.name, f"layer {src.name}: weight")  # names the count
             raise CheckpointError(
                 f"layer {src.name}: weight holds NaN or inf, cannot quantize", file=path, tensor=src.weight.name
             )
-        w, scale = quantize(w, per_row=plan.per_row_quant)
+        w, scale = quantize(w, range_scale(lo, hi))
     weight = w if scale is None else Fp8Weight(w, scale, input_scale)
     return QuantLayer(
         src.name, weight.to(device), None if bias is None else bias.to(device), lp.mode, src.encoding, lp.transposed
@@ -169,19 +170,19 @@ def iter_load(
                 "differ); its header no longer describes its bytes, load it again",
                 file=plan.path,
             )
-        source = TensorSource(f, plan.path, in_ram=in_ram)
-        for _, name, item in load_items(plan, names):
-            if isinstance(item, LayerPlan):
-                out = materialize(item, source, plan, device)
-            else:
-                out = source.get(item)
-                check_finite(out, plan.path, item.name)
-                if tensor_dtype is not None and out.is_floating_point():
-                    out = out.to(tensor_dtype)
-                out = out.to(device)
-            if progress is not None:
-                progress(item_bytes(item))
-            yield name, out
+        with TensorSource(f, plan.path, in_ram=in_ram) as source:
+            for _, name, item in load_items(plan, names):
+                if isinstance(item, LayerPlan):
+                    out = materialize(item, source, plan, device)
+                else:
+                    out = source.get(item)
+                    check_finite(out, plan.path, item.name)
+                    if tensor_dtype is not None and out.is_floating_point():
+                        out = out.to(tensor_dtype)
+                    out = out.to(device)
+                if progress is not None:
+                    progress(item_bytes(item))
+                yield name, out
 
 
 def load(

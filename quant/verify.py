@@ -59,8 +59,7 @@ def verify(
     gen = torch.Generator().manual_seed(seed)
     fit = plan.budget
     rows = []
-    with open(reference, "rb", buffering=0) as rf:
-        ref_source = TensorSource(rf, reference)
+    with open(reference, "rb", buffering=0) as rf, TensorSource(rf, reference) as ref_source:
         for name, layer in iter_load(plan, device, names=names):
             ref = materialize(ref_layers[name], ref_source, ref_plan)
             rows.append(_compare(name, layer, ref, gen, activation, backend, compute_dtype, device))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from support.numerics import DTYPES, E4M3_REL, E4M3_SUB_ABS, LAYERS, U, dequant64, rel_err
 
+from quant import fp8
 from quant.fp8 import FP8, dequantize, quantize
 from tools import ltx2_fixture as LF
 
@@ -82,3 +83,39 @@ def test_quantize_saturates_instead_of_nan():
     assert float(c.abs().max()) == 448.0
     over = (w.double() / scale.double()).abs() > 464  # beyond the rounding boundary of 448
     assert bool((c[over].abs() == 448).all()) and bool(over.any())
+
+
+# -- large weights: quantize converts a slab of rows at a time on CPU ------------------------------
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
+@pytest.mark.parametrize(
+    "shape", [(1100, 640), (3, 300_000), (257, 1031)], ids=["many-slabs", "row-wider-than-slab", "ragged-last-slab"]
+)
+def test_slab_quantize_matches_whole_tensor_arithmetic_and_the_float64_bound(shape, per_row):
+    g = torch.Generator().manual_seed(11)
+    w = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.02).to(torch.bfloat16)
+    w[-1, -1] = 3.0  # an outlier in the last slab sets the per-tensor scale
+    assert w.numel() > fp8._QUANTIZE_SLAB  # the slab path, not the whole-tensor one
+    codes, scale = quantize(w, per_row=per_row)
+    # The definition, written out once here: fp32 divide by the scale, clamp to +-448, cast.
+    s = scale[:, None] if per_row else scale
+    expected = (w.float() / s).clamp(-448.0, 448.0).to(FP8)
+    assert torch.equal(codes.view(torch.uint8), expected.view(torch.uint8))
+    # And against float64 math: each code within the e4m3 rounding bound of the true value.
+    w64, s64 = w.double(), (scale.double()[:, None] if per_row else scale.double())
+    bound = torch.maximum(E4M3_REL * w64.abs(), E4M3_SUB_ABS * s64.expand_as(w64)) * (1 + 1e-6)
+    assert bool(((dequant64(codes, scale) - w64).abs() <= bound).all())
+
+
+def test_slab_quantize_saturates_in_every_slab():
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn((2048, 512), generator=g)
+    scale = w.abs().amax() / 448.0 / 4.0  # 4x too small: values overflow in every slab
+    codes, _ = quantize(w, scale=scale)
+    c = codes.float()
+    assert torch.isfinite(c).all()
+    rows = fp8._QUANTIZE_SLAB // w.shape[1]
+    for start in range(0, w.shape[0], rows):  # every slab saturated its overflowing values
+        part = c[start : start + rows]
+        assert float(part.abs().max()) == 448.0

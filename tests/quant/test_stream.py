@@ -163,3 +163,25 @@ def test_a_tensor_past_the_end_of_a_truncated_file_is_refused_not_mapped(files, 
         with pytest.raises(CheckpointError, match="file truncated or changed") as err:
             map_tensor(f, info, index.path)
     assert err.value.tensor == info.name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
+@pytest.mark.parametrize("policy", ["fp8-cast", "scaled-mm"])
+def test_a_non_finite_full_precision_weight_quantized_at_load_is_refused_by_name(files, tmp_path, bad, per_row, policy):
+    # The min/max pass that scales a weight quantized at load is also its finiteness check: one
+    # value in one row is enough, and the error counts the values and names the tensor.
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(open(files["bf16"], "rb").read())
+    with open_checkpoint(p) as (index, _):
+        info = next(i for n, i in index.tensors.items() if n.endswith("transformer_blocks.1.ff.net.2.weight"))
+    row, col = info.shape[0] // 2, 3
+    with open(p, "r+b") as f:
+        f.seek(info.begin + (row * info.shape[1] + col) * 2)
+        f.write(torch.tensor([bad], dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes())
+    plan = plan_checkpoint(str(p), policy, device="cpu", per_row_quant=per_row)
+    lp = next(lp for lp in plan.layers if lp.src.weight.name == info.name)
+    assert lp.mode == policy, lp.decision  # quantized at load
+    with pytest.raises(CheckpointError, match=r"holds 1 NaN or inf value\(s\)") as err:
+        dict(iter_load(plan))
+    assert err.value.tensor == info.name and err.value.file == str(p)
