@@ -408,10 +408,17 @@ def _ratio(a, b):
     return None if a is None or not b else a / b
 
 
-def _load_row(route: str, r: dict, ref: dict | None) -> dict:
-    """One table row: a load and its reference read (same temperature, just before it)."""
+def _read_s(ref: dict | None) -> float | None:
+    return ref.get("wall_s") if ref and "error" not in ref else None
+
+
+def _load_row(route: str, r: dict, ref: dict | None, ref_after: dict | None = None) -> dict:
+    """One table row: a load and its reference: the mean of the raw reads of the same file at the
+    same temperature just before and just after this preset's loads (the disk is shared: a cold
+    read of the 25 GB file took 42 to 60 s within one hour, so one read alone moves a ratio by 0.2)."""
     load_s = r.get("load_s", r.get("wall_s")) if "error" not in r else None
-    ref_s = ref.get("wall_s") if ref and "error" not in ref else None
+    reads = [t for t in (_read_s(ref), _read_s(ref_after)) if t is not None]
+    ref_s = sum(reads) / len(reads) if reads else None
     conv = (r.get("converted_bytes") or {}).get("total")
     anon_inc = (
         None if r.get("anon_after") is None or r.get("anon_before") is None else r["anon_after"] - r["anon_before"]
@@ -422,6 +429,8 @@ def _load_row(route: str, r: dict, ref: dict | None) -> dict:
         "temperature": "cold" if r.get("cold") else "warm",
         "load_s": load_s,
         "read_s": ref_s,
+        "read_before_s": _read_s(ref),
+        "read_after_s": _read_s(ref_after),
         "time_vs_read": _ratio(load_s, ref_s),
         "read_gb_per_s": None if ref_s is None else ref["file_bytes"] / ref_s / 1e9,
         "load_gb_per_s": None if load_s is None else r.get("file_bytes", 0) / load_s / 1e9,
@@ -519,12 +528,12 @@ def run(spec: dict) -> dict:
             for cold in (True, False):
                 if ("cold" if cold else "warm") not in temps or late(f"{policy} {'cold' if cold else 'warm'}"):
                     continue
-                # One reference read per temperature, just before the loads it is compared with
-                # (cold: every load drops the file's pages first, as the read did).
-                ref = read(cold)
+                # Reference reads at this temperature just before and just after the loads they are
+                # compared with (cold: every load drops the file's pages first, as the reads do).
+                ref, loads = read(cold), []
                 if "core" not in skip and "core" in routes:
                     r = worker(kind="core", policy=policy, cold=cold)
-                    out["rows"].append(_load_row("core (quant.stream)", r, ref))
+                    loads.append(("core (quant.stream)", r))
                 if "http" not in skip and "http" in routes:
                     r = run_http(path, policy, cold, guard)
                     # The private bytes the load must take are decided by the plan (header +
@@ -537,7 +546,10 @@ def run(spec: dict) -> dict:
                         r["converted_bytes"] = {"total": core_run["converted_bytes"]["host_bf16"]}
                     out["runs"].append(dict(r))
                     _say(r)
-                    out["rows"].append(_load_row("node over HTTP (--bf16-unet)", r, ref))
+                    loads.append(("node over HTTP (--bf16-unet)", r))
+                if loads:
+                    ref_after = read(cold)
+                    out["rows"] += [_load_row(route, r, ref, ref_after) for route, r in loads]
         if len(presets) < 2:
             forward()
         # bf16: 2 bytes per weight (44 GB at full size) cannot fit; what happens to it is the row.

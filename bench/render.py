@@ -345,7 +345,12 @@ def block_fullsize(r: dict) -> str:
                 x["policy"],
                 x["temperature"],
                 x["watchdog"] or (f"error: {x['error'][:160]}" if x["error"] else _s(x["load_s"])),
-                _s(x["read_s"]),
+                _s(x["read_s"])
+                + (
+                    f" ({_s(x['read_before_s'])} / {_s(x['read_after_s'])})"
+                    if x.get("read_after_s") is not None and x.get("read_before_s") is not None
+                    else ""
+                ),
                 _x(x["time_vs_read"]),
                 "-" if x.get("cached_before_load") is None else _gb(x["cached_before_load"]),
                 _gib(x["private_after"]),
@@ -362,7 +367,7 @@ def block_fullsize(r: dict) -> str:
             "preset",
             "page cache",
             "load time",
-            "raw read (same temperature, just before this preset's loads)",
+            "raw read, same temperature: mean (before / after this preset's loads)",
             "load / read time",
             "file cached before the load",
             "private (RssAnon) after",
