@@ -178,15 +178,14 @@ def k_raw_read(spec: dict) -> dict:
 
 def k_core(spec: dict) -> dict:
     from quant.layer import QuantLayer
-    from quant.plan import plan_checkpoint
-    from quant.stream import iter_load
+    from quant.stream import load
 
     held: dict = {}
 
-    def run():
-        plan = plan_checkpoint(spec["file"], spec["policy"])
-        for name, item in iter_load(plan, "cpu"):
-            held[name] = item
+    def run():  # the core's whole-model load: refused before reading when it cannot fit (quant/ram_guard)
+        plan, layers, tensors = load(spec["file"], spec["policy"])
+        held.update(layers)
+        held.update(tensors)
         return plan
 
     res, plan = _measure(spec, run)

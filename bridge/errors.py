@@ -8,13 +8,9 @@ import gc
 import comfy.model_management
 import torch
 
-from ..quant.holdings import layer_weight_bytes, other_tensor_bytes
-from ..quant.modes import decide_mode
-from ..quant.policy import Policy
-from ..quant.stream import private_bytes
+from ..quant import ram_guard
+from ..quant.ram_guard import LoadRefused, private_bytes_by_preset, weight_bytes_by_preset  # noqa: F401 (re-exported)
 from ..quant.units import format_gib
-
-_OOM_PRESETS = ("bf16", "fp8-cast")  # scaled-mm holds the same bytes as fp8-cast
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -38,14 +34,10 @@ def _release() -> None:
         pass
 
 
-class LoadRefused(MemoryError):
-    """A load refused before it starts because it cannot fit the memory available: the message
-    says what would fit. A MemoryError, so callers that handle running out of memory handle it."""
-
-
 def ram_available() -> int | None:
     """System RAM available now (MemAvailable: free memory plus reclaimable file cache), or None
-    where it cannot be read. The one probe of RAM the loader's estimates compare against."""
+    where it cannot be read. The host's probe (psutil, one of its requirements), the one the node's
+    estimates compare against."""
     try:
         import psutil
 
@@ -54,67 +46,9 @@ def ram_available() -> int | None:
         return None
 
 
-def _preset_mode(plan, preset: str):
-    """lp -> the mode a layer would take under `preset` (no rules)."""
-    policy = Policy(preset)
-    return lambda lp: decide_mode(policy, lp.name, lp.out_in, lp.stored_e4m3, plan.caps).mode
-
-
-def private_bytes_by_preset(plan, tensor_dtype=None) -> dict[str, int]:
-    """Private RAM the load would take with each preset (tensors converted at load; the rest stays
-    file-backed, see quant/stream.py), and `"requested"`: with the plan's policy."""
-    out = {"requested": private_bytes(plan, tensor_dtype)}
-    for preset in _OOM_PRESETS:
-        out[preset] = private_bytes(plan, tensor_dtype, mode_of=_preset_mode(plan, preset))
-    return out
-
-
-def refuse_if_too_big(plan, what: str, tensor_dtype=None, available: int | None = None) -> None:
-    """Refuse, before a byte is read, a load whose private memory exceeds the RAM available now:
-    the kernel's OOM killer would otherwise end the server half-way. The message is the
-    out-of-memory estimate's, with what would fit."""
-    avail = ram_available() if available is None else available
-    if avail is None:
-        return
-    need = private_bytes_by_preset(plan, tensor_dtype)
-    if need["requested"] <= avail:
-        return
-    est = weight_bytes_by_preset(plan)
-    head = (
-        f"{what}: not loaded, it would not fit in RAM: policy {plan.policy.to_string()} needs "
-        f"{format_gib(need['requested'])} of private memory for the weights it converts at load, "
-        f"{format_gib(avail)} RAM available now (the weights it keeps as stored stay in the file "
-        f"cache, which the OS can page)"
-    )
-    parts = [
-        f"{head}. Estimated weights: {format_gib(est['requested'])} with policy {plan.policy.to_string()}; "
-        f"{format_gib(est['fp8-cast'])} with fp8-cast or scaled-mm ({format_gib(need['fp8-cast'])} of it "
-        f"converted); {format_gib(est['bf16'])} with bf16 ({format_gib(need['bf16'])} converted)"
-    ]
-    if need["fp8-cast"] <= avail:
-        advice = "Policy fp8-cast (or scaled-mm) would fit: try it"
-    else:
-        advice = (
-            "No mode fits the memory available now, not even fp8-cast: free other models, or use a "
-            "machine with more memory"
-        )
-    raise LoadRefused("; ".join(parts) + f". {advice}")
-
-
-def weight_bytes_by_preset(plan) -> dict[str, int]:
-    """Estimated bytes of the loaded model's weights if the file were loaded with each preset (no
-    rules): fp8 layers 1 byte per weight + fp32 scales, bf16 layers the compute dtype's size, the
-    other tensors and biases in the compute dtype. Also `"requested"`: with the plan's policy."""
-    other = other_tensor_bytes(plan)
-
-    def layer_bytes(lp, mode: str) -> int:
-        return layer_weight_bytes(lp, plan.compute_dtype, mode, plan.per_row_quant)
-
-    out = {"requested": other + sum(layer_bytes(lp, lp.mode) for lp in plan.layers)}
-    for preset in _OOM_PRESETS:
-        mode_of = _preset_mode(plan, preset)
-        out[preset] = other + sum(layer_bytes(lp, mode_of(lp)) for lp in plan.layers)
-    return out
+def refuse_if_too_big(plan, what: str, tensor_dtype=None) -> None:
+    """quant/ram_guard's refusal, with the RAM available as the host's probe sees it."""
+    ram_guard.refuse_if_too_big(plan, what, tensor_dtype, available=ram_available())
 
 
 def _available(e: BaseException) -> tuple[str, int | None]:

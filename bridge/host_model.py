@@ -211,7 +211,7 @@ def build_model_patcher(plan: LoadPlan | HostPlan, load_device=None, offload_dev
     """The host's LTXAV ModelPatcher with every layer as the plan says. All or nothing: on any
     error the partly built model is dropped before the error propagates, so no half-loaded model
     is ever cached by the host. A load whose converted weights cannot fit the RAM available is
-    refused before anything is built (bridge/errors.refuse_if_too_big).
+    refused before anything is built (quant/ram_guard.refuse_if_too_big, with the host's RAM probe).
 
     The host's modules get the loaded tensors themselves: those that need no conversion stay
     file-backed (quant/stream.py), and the other tensors arrive in the host's weight dtype, so

@@ -188,10 +188,14 @@ def iter_load(
 def load(
     path: str, policy: Policy | str = "auto", **kw
 ) -> tuple[LoadPlan, dict[str, QuantLayer], dict[str, torch.Tensor]]:
-    """Plan and load a whole file into memory (CLI, tests, benchmarks)."""
+    """Plan and load a whole file into memory (scripts, tests, benchmarks); refused before a byte is
+    read when its private memory cannot fit the RAM available (quant/ram_guard.py)."""
+    from .ram_guard import refuse_if_too_big  # (ram_guard estimates from this module's private_bytes)
+
     device = kw.pop("load_device", "cpu")
     in_ram = kw.pop("in_ram", None)
     plan = plan_checkpoint(path, policy, **kw)
+    refuse_if_too_big(plan, os.path.basename(path), in_ram=in_ram)
     layers, tensors = {}, {}
     for name, item in iter_load(plan, device, in_ram=in_ram):
         (layers if isinstance(item, QuantLayer) else tensors)[name] = item
