@@ -6,9 +6,11 @@ says (default bench/out/full/, git-ignored) and re-used; `--full-blocks N` makes
 N-block file of the same widths instead (a short run to check the harness).
 
 Every figure against its reference from the same run:
-- load time vs a raw sequential read of the same file, cold (the file's pages dropped first with
-  `posix_fadvise(POSIX_FADV_DONTNEED)`) and warm (whatever the page cache holds after a read of
-  the whole file; reported as the fraction cached, since a file larger than RAM never is entirely);
+- load time vs raw sequential reads of the same file just before and just after a preset's loads
+  (their mean), cold (the file's pages dropped first with `posix_fadvise(POSIX_FADV_DONTNEED)`) and
+  warm (whatever the page cache holds after a read of the whole file; reported as the fraction
+  cached, since a file larger than RAM never is entirely: each warm load and reference read starts
+  right after a raw read);
 - through the core (`quant.stream`), and into the host's model through the node over HTTP (a real
   ComfyUI started headless with `--bf16-unet`, the file's folder added through extra model paths),
   in every preset (auto, fp8-cast, scaled-mm; bf16 recorded as what happens to it);
@@ -415,7 +417,8 @@ def _read_s(ref: dict | None) -> float | None:
 def _load_row(route: str, r: dict, ref: dict | None, ref_after: dict | None = None) -> dict:
     """One table row: a load and its reference: the mean of the raw reads of the same file at the
     same temperature just before and just after this preset's loads (the disk is shared: a cold
-    read of the 25 GB file took 42 to 60 s within one hour, so one read alone moves a ratio by 0.2)."""
+    read of the 25 GB file took 42 to 60 s within one hour, so one read alone moves a ratio by 0.2).
+    Warm, each of them and each load started right after a raw read (`settle` in `run`)."""
     load_s = r.get("load_s", r.get("wall_s")) if "error" not in r else None
     reads = [t for t in (_read_s(ref), _read_s(ref_after)) if t is not None]
     ref_s = sum(reads) / len(reads) if reads else None
@@ -486,10 +489,24 @@ def run(spec: dict) -> dict:
             _say(r)
             return r
 
-        def read(cold: bool):
+        last = {"op": None}  # what ran last, "read" or "load": a warm operation starts from what it left
+
+        def read(cold: bool, settle: bool = False):
             # Warm: no separate warm-up; the cold loads before it read the whole file, and this read
             # leaves the page cache as warm as a file of this size can be here (what fits).
-            return worker(kind="raw-read", cold=cold)
+            r = worker(kind="raw-read", cold=cold)
+            if settle:
+                out["runs"][-1]["role"] = "settle"
+            last["op"] = "read"
+            return r
+
+        def settle(cold: bool) -> None:
+            # Warm: every load and every reference read starts from the page cache that a raw read
+            # leaves. A load through mappings leaves more of the 25 GB file cached than a read does
+            # (a read right after a warm load took 8-9 s, right after a read 14-19 s): without this,
+            # whatever follows a load would start warmer than its reference did.
+            if not cold and last["op"] == "load":
+                read(False, settle=True)
 
         def late(what: str) -> bool:
             if time.monotonic() < deadline:
@@ -505,6 +522,7 @@ def run(spec: dict) -> dict:
                     if late(f"forward {policy}"):
                         continue
                     r = worker(kind="bridge", policy=policy, cold=False, forward=True)
+                    last["op"] = "load"
                     out["forward"].append(
                         {
                             "policy": policy,
@@ -529,13 +547,18 @@ def run(spec: dict) -> dict:
                 if ("cold" if cold else "warm") not in temps or late(f"{policy} {'cold' if cold else 'warm'}"):
                     continue
                 # Reference reads at this temperature just before and just after the loads they are
-                # compared with (cold: every load drops the file's pages first, as the reads do).
+                # compared with (cold: every load drops the file's pages first, as the reads do;
+                # warm: each load and each reference read follows a raw read, see settle()).
+                settle(cold)
                 ref, loads = read(cold), []
                 if "core" not in skip and "core" in routes:
                     r = worker(kind="core", policy=policy, cold=cold)
+                    last["op"] = "load"
                     loads.append(("core (quant.stream)", r))
                 if "http" not in skip and "http" in routes:
+                    settle(cold)
                     r = run_http(path, policy, cold, guard)
+                    last["op"] = "load"
                     # The private bytes the load must take are decided by the plan (header +
                     # policy + weight dtype): the core's run of the same preset has the estimate
                     # for the host's weight dtype (bf16, as on a --bf16-unet host).
@@ -548,6 +571,7 @@ def run(spec: dict) -> dict:
                     _say(r)
                     loads.append(("node over HTTP (--bf16-unet)", r))
                 if loads:
+                    settle(cold)
                     ref_after = read(cold)
                     out["rows"] += [_load_row(route, r, ref, ref_after) for route, r in loads]
         if len(presets) < 2:
