@@ -356,13 +356,15 @@ def main(argv: list[str] | None = None) -> int:
             "bench.forward", {"file": core, "profile": prof.to_dict(), "device": "cpu"}, timeout=3600
         )
     else:
-        results["forward"] = {"error": "skipped"}
+        results["forward"] = _kept(out, "forward", prof.name)
 
     if "fidelity" not in skip and host:
         log("fidelity group")
         results["fidelity"] = run_module("bench.fidelity", {"workdir": os.path.join(workdir, "fidelity")}, timeout=1800)
+    elif "fidelity" in skip:
+        results["fidelity"] = _kept(out, "fidelity", prof.name)
     else:
-        results["fidelity"] = {"error": "skipped" if "fidelity" in skip else "host not installed (.host/ComfyUI)"}
+        results["fidelity"] = {"error": "host not installed (.host/ComfyUI)"}
 
     if cuda and "gpu" not in skip:
         # Untested here (no GPU in the session that wrote it): the same forward group on CUDA, bf16.
@@ -398,6 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     for t in results["targets"]:
         log(f"target: {t['status']:>12s}  {t['target']}: {t['measured']}")
     return 0
+
+
+def _kept(out: str, group: str, profile: str) -> dict:
+    """A group skipped with --skip keeps the results of the previous run of the same profile, marked
+    with that run's date and commit (its rows were measured then, against references of that run)."""
+    prev = _read_results(out)
+    section = prev.get(group) or {}
+    if (prev.get("profile") or {}).get("name") != profile or not section.get("rows"):
+        return {"error": "skipped"}
+    if "kept_from" not in section:
+        m = prev.get("machine") or {}
+        section = {**section, "kept_from": {"date_utc": m.get("date_utc"), "pack_commit": m.get("pack_commit")}}
+    return section
 
 
 def _read_results(path: str) -> dict:

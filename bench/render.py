@@ -58,6 +58,17 @@ def _error_line(section: dict, what: str) -> str | None:
     return None
 
 
+def _kept_line(section: dict, what: str) -> str:
+    """The line above a group's tables when this run skipped it and kept an earlier run's rows."""
+    k = section.get("kept_from")
+    if not k:
+        return ""
+    return (
+        f"_{what}: skipped by this run; these rows are from the run of {k.get('date_utc')} (pack commit "
+        f"`{(k.get('pack_commit') or '?')[:7]}`), each against its reference in that run._\n\n"
+    )
+
+
 def block_machine(r: dict) -> str:
     m = r["machine"]
     p = r["profile"]
@@ -508,10 +519,10 @@ def render_blocks(r: dict, plots_rel: str, made: list[str], only: tuple[str, ...
         "targets": lambda: block_targets(r),
         "load": lambda: block_load(r),
         "memory": lambda: block_memory(r),
-        "forward": lambda: block_forward(r),
-        "fidelity": lambda: block_fidelity(r),
+        "forward": lambda: _kept_line(r.get("forward") or {}, "forward") + block_forward(r),
+        "fidelity": lambda: _kept_line(r.get("fidelity") or {}, "fidelity") + block_fidelity(r),
         "gpu": lambda: block_gpu(r),
-        "breakdown": lambda: block_breakdown(r),
+        "breakdown": lambda: _kept_line(r.get("forward") or {}, "profiles") + block_breakdown(r),
         "plots": lambda: block_plots(r, plots_rel, made),
         "fullsize": lambda: block_fullsize(r),
     }

@@ -249,7 +249,16 @@ def evaluate(results: dict) -> list[dict]:
     out = []
     out += load_targets(results.get("load", {}))
     out += memory_targets(results.get("memory", {}))
-    out += forward_targets(results.get("forward", {}))
+    out += _kept(forward_targets(results.get("forward", {})), results.get("forward", {}))
     out += gpu_targets(results.get("gpu", {}))
-    out += fidelity_targets(results.get("fidelity", {}))
+    out += _kept(fidelity_targets(results.get("fidelity", {})), results.get("fidelity", {}))
     return out
+
+
+def _kept(rows: list[dict], section: dict) -> list[dict]:
+    """Targets of a group this run skipped (its rows kept from an earlier run) say so."""
+    k = section.get("kept_from")
+    if k:
+        for t in rows:
+            t["measured"] = f"{t['measured'] or '-'} (kept from the run of {k.get('date_utc')})"
+    return rows
