@@ -37,10 +37,12 @@ class ReadAhead:
     def reading(self, begin: int, end: int) -> None:
         """The loader reads bytes [begin, end) now: keep the kernel `window` bytes past `end`."""
         with self._cv:
-            if begin < self._begin:  # a read back in the file (not the loader's order): start over there
+            back = begin < self._begin  # a read back in the file (not the loader's order): start over there
+            if back:
                 self._asked = begin
-            if end + self.window > self._until or begin != self._begin:
-                self._begin, self._until = begin, max(end + self.window, self._until if begin > self._begin else 0)
+            until = end + self.window if back else max(self._until, end + self.window)
+            if (begin, until) != (self._begin, self._until):
+                self._begin, self._until = begin, until
                 self._cv.notify()
 
     def close(self) -> None:
