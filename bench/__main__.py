@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     log(f"profile {prof.name}; results -> {out}")
+    previous = _read_results(out)  # what this run keeps: the full-size section, skipped groups
     results: dict = {"schema": 1, "profile": prof.to_dict(), "machine": machine_info()}
     m = results["machine"]
     log(
@@ -356,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
             "bench.forward", {"file": core, "profile": prof.to_dict(), "device": "cpu"}, timeout=3600
         )
     else:
-        results["forward"] = _kept(out, "forward", prof.name)
+        results["forward"] = _kept(previous, "forward", prof.name)
 
     if "fidelity" not in skip and host:
         log("fidelity group")
         results["fidelity"] = run_module("bench.fidelity", {"workdir": os.path.join(workdir, "fidelity")}, timeout=1800)
     elif "fidelity" in skip:
-        results["fidelity"] = _kept(out, "fidelity", prof.name)
+        results["fidelity"] = _kept(previous, "fidelity", prof.name)
     else:
         results["fidelity"] = {"error": "host not installed (.host/ComfyUI)"}
 
@@ -385,7 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - t0
     results["targets"] = targets.evaluate(results)
-    previous = _read_results(out)
     if previous.get("fullsize"):  # measured by `--full` runs: kept until the next one
         results["fullsize"] = previous["fullsize"]
     for name in STANDALONE:  # the standalone profiles' sections (bench/profiles.py): kept too
@@ -402,10 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _kept(out: str, group: str, profile: str) -> dict:
+def _kept(prev: dict, group: str, profile: str) -> dict:
     """A group skipped with --skip keeps the results of the previous run of the same profile, marked
     with that run's date and commit (its rows were measured then, against references of that run)."""
-    prev = _read_results(out)
     section = prev.get(group) or {}
     if (prev.get("profile") or {}).get("name") != profile or not section.get("rows"):
         return {"error": "skipped"}
