@@ -503,7 +503,7 @@ def run(spec: dict) -> dict:
         def settle(cold: bool) -> None:
             # Warm: every load and every reference read starts from the page cache that a raw read
             # leaves. A load through mappings leaves more of the 25 GB file cached than a read does
-            # (a read right after a warm load took 8-9 s, right after a read 14-19 s): without this,
+            # (a read right after a warm load took 6-11 s, right after a cold read 14-21 s): without this,
             # whatever follows a load would start warmer than its reference did.
             if not cold and last["op"] == "load":
                 read(False, settle=True)
